@@ -1,0 +1,439 @@
+//! The worker agent (`sio worker APP:N`): the parent of one unmodified Node
+//! worker, speaking Node's IPC protocol to it, and the worker's voice on
+//! the master's bus.
+//!
+//! * It spawns the app's command with an IPC channel (`NODE_CHANNEL_FD`,
+//!   `advanced` serialization, `NODE_UNIQUE_ID` so that sticky's
+//!   `setupWorker` accepts to run) and the preload (`preload.js`).
+//! * Connections from the master become `sticky:connection` handles, one in
+//!   flight at a time; each is confirmed to the master once Node has it.
+//! * Cluster-adapter frames go to the master to be relayed; frames from the
+//!   master go to Node byte for byte.
+//! * The worker outlives the master: when the bus goes away the agent
+//!   reconnects and tells the new master what it holds (ready, sessions,
+//!   adapters). It exits when its Node worker exits, with the worker's
+//!   status, so that its supervisor restarts it.
+
+mod preload;
+
+use crate::config::AppConfig;
+use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
+use crate::master::connect_bus;
+use crate::nodeipc::{self, channel::ChildEnd, channel::NodeChannel, FromChild};
+use crate::shutdown::termination_signal;
+use crate::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::cell::RefCell;
+use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::process::ExitStatus;
+use std::rc::Rc;
+use std::time::Duration;
+use tracing::{debug, error, info, warn};
+
+/// Reconnect delays to the master: short, because connections wait in the
+/// master's backlog meanwhile.
+const RECONNECT_FIRST: Duration = Duration::from_millis(20);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
+
+/// Why the agent stops.
+pub enum Exit {
+    /// The Node worker exited with this status.
+    Worker(ExitStatus),
+    /// Asked to stop (SIGTERM/SIGINT); the worker was stopped.
+    Stopped,
+    /// The master refused this agent, or it could not start.
+    Failed(String),
+}
+
+impl Exit {
+    /// The agent's exit code: the worker's, 128+signal if it was killed.
+    pub fn code(&self) -> i32 {
+        match self {
+            Exit::Worker(s) => s.code().unwrap_or_else(|| 128 + s.signal().unwrap_or(0)),
+            Exit::Stopped => 0,
+            Exit::Failed(_) => 1,
+        }
+    }
+}
+
+/// What the agent tells a (new) master about its worker.
+#[derive(Default)]
+struct Held {
+    ready: bool,
+    sessions: HashSet<String>,
+    adapters: BTreeSet<(String, String)>,
+    master: Option<Rc<Link>>,
+    /// Adapter frames produced while no master was connected (bounded).
+    backlog: VecDeque<Vec<u8>>,
+    backlog_bytes: usize,
+}
+
+struct Agent {
+    cfg: AppConfig,
+    slot: u16,
+    node: Rc<NodeChannel>,
+    held: RefCell<Held>,
+}
+
+/// Runs the agent for `slot` of the app until its worker exits or it is
+/// told to stop.
+pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
+    let preload = match preload::install() {
+        Ok(p) => p,
+        Err(e) => return Exit::Failed(format!("cannot write the Node preload: {e}")),
+    };
+    let (node, child_end) = match NodeChannel::pair() {
+        Ok(p) => p,
+        Err(e) => return Exit::Failed(format!("cannot create the IPC channel: {e}")),
+    };
+    let mut child = match spawn_worker(&cfg, slot, &preload, child_end) {
+        Ok(c) => c,
+        Err(e) => {
+            return Exit::Failed(format!(
+                "cannot start {:?} in {}: {e}",
+                cfg.command,
+                cfg.cwd.display()
+            ))
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    info!(app = %cfg.app, slot, pid, "worker started");
+    let agent = Rc::new(Agent {
+        cfg,
+        slot,
+        node,
+        held: RefCell::default(),
+    });
+    tokio::task::spawn_local({
+        let link = agent.node.link().clone();
+        async move {
+            let _ = link.write_loop().await;
+        }
+    });
+    tokio::task::spawn_local(agent.clone().read_node());
+    let master = tokio::task::spawn_local(agent.clone().serve_master());
+    let exit = tokio::select! {
+        status = child.wait() => match status {
+            Ok(s) => Exit::Worker(s),
+            Err(e) => Exit::Failed(format!("lost the worker: {e}")),
+        },
+        refused = master => Exit::Failed(refused.unwrap_or_else(|e| e.to_string())),
+        _ = termination_signal() => {
+            agent.stop_worker(&mut child, pid).await;
+            Exit::Stopped
+        }
+    };
+    if matches!(exit, Exit::Failed(_)) {
+        agent.stop_worker(&mut child, pid).await;
+    }
+    agent.worker_gone();
+    exit
+}
+
+fn spawn_worker(
+    cfg: &AppConfig,
+    slot: u16,
+    preload: &std::path::Path,
+    channel: ChildEnd,
+) -> std::io::Result<tokio::process::Child> {
+    let mut cmd = tokio::process::Command::new(&cfg.command[0]);
+    cmd.args(&cfg.command[1..])
+        .current_dir(&cfg.cwd)
+        .envs(&cfg.env);
+    let fd = channel.raw();
+    cmd.env("NODE_CHANNEL_FD", fd.to_string())
+        .env("NODE_CHANNEL_SERIALIZATION_MODE", "advanced")
+        .env("NODE_UNIQUE_ID", slot.to_string())
+        .env("NODE_APP_INSTANCE", (slot - 1).to_string())
+        .env("SIO_APP", &cfg.app)
+        .env("SIO_WORKER_SLOT", slot.to_string());
+    let before = cfg
+        .env
+        .get("NODE_OPTIONS")
+        .cloned()
+        .or_else(|| std::env::var("NODE_OPTIONS").ok());
+    let quoted = preload
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
+    let options = format!("{} --require \"{quoted}\"", before.as_deref().unwrap_or(""))
+        .trim()
+        .to_owned();
+    cmd.env("NODE_OPTIONS", options);
+    match before {
+        Some(b) => cmd.env("SIO_NODE_OPTIONS", b),
+        None => cmd.env_remove("SIO_NODE_OPTIONS"),
+    };
+    // SAFETY: fcntl and prctl are async-signal-safe.
+    unsafe {
+        cmd.pre_exec(move || {
+            ChildEnd::inherit_in_child(fd)?;
+            // The worker never outlives its agent.
+            nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
+        });
+    }
+    let child = cmd.spawn()?;
+    drop(channel);
+    Ok(child)
+}
+
+impl Agent {
+    async fn stop_worker(&self, child: &mut tokio::process::Child, pid: u32) {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+        if tokio::time::timeout(self.cfg.timeouts.stop_ms, child.wait())
+            .await
+            .is_err()
+        {
+            warn!(app = %self.cfg.app, slot = self.slot, pid, "worker ignored SIGTERM for {:?}: SIGKILL", self.cfg.timeouts.stop_ms);
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Connections the worker never got are handed back to the master.
+    fn worker_gone(&self) {
+        for id in self.node.abandon() {
+            self.to_master(ToMaster::HandoffFailed(id));
+        }
+    }
+
+    fn to_master(&self, msg: ToMaster) {
+        let mut held = self.held.borrow_mut();
+        match (&held.master, msg) {
+            (Some(link), msg) => link.send(msg.to_frame().into(), None),
+            (None, ToMaster::Adapter { header, frame }) => {
+                // Kept for the next master; the rest is replayed from state.
+                let limit = self.cfg.limits.bus_queue_bytes;
+                if held.backlog_bytes + frame.len() <= limit {
+                    held.backlog_bytes += frame.len();
+                    held.backlog
+                        .push_back(ToMaster::Adapter { header, frame }.to_frame());
+                }
+            }
+            (None, _) => {}
+        }
+    }
+
+    /// Reads the Node worker's frames until its channel closes.
+    async fn read_node(self: Rc<Self>) {
+        let mut reader = FrameReader::new(Prefix::Node, wire::MAX_FRAME - 64);
+        loop {
+            // The child never passes handles in this protocol: close any.
+            reader.fds.clear();
+            let payload = match reader.next(self.node.link()).await {
+                Ok(Some(p)) => p,
+                Ok(None) => {
+                    return debug!(app = %self.cfg.app, slot = self.slot, "worker closed its channel")
+                }
+                Err(e) if is_disconnect(&e) => return,
+                Err(e) => {
+                    return error!(app = %self.cfg.app, slot = self.slot, "worker channel: {e}")
+                }
+            };
+            match nodeipc::classify(payload) {
+                Ok(msg) => {
+                    let frame = if matches!(msg, FromChild::Adapter(_)) {
+                        Some(node_frame(payload))
+                    } else {
+                        None
+                    };
+                    self.on_node_message(msg, frame);
+                }
+                Err(e) => {
+                    warn!(app = %self.cfg.app, slot = self.slot, "undecodable message from the worker ({e}); ignored")
+                }
+            }
+        }
+    }
+
+    fn on_node_message(&self, msg: FromChild, frame: Option<Vec<u8>>) {
+        match msg {
+            FromChild::HandleAck => {
+                if let Some(id) = self.node.acked() {
+                    self.to_master(ToMaster::HandoffDone(id));
+                }
+            }
+            FromChild::HandleNack => {
+                if let Some(id) = self.node.nacked() {
+                    warn!(app = %self.cfg.app, slot = self.slot, "worker did not receive a connection after retries; handed back");
+                    self.to_master(ToMaster::HandoffFailed(id));
+                }
+            }
+            FromChild::ClusterNotice => {}
+            FromChild::QueryServer {
+                seq,
+                address,
+                port,
+                address_type,
+            } => {
+                warn!(app = %self.cfg.app, slot = self.slot, port, "the worker called listen(): ignored, connections come from the sio master");
+                self.node.send_frame(
+                    nodeipc::query_server_reply_frame(&seq, address.as_deref(), port, address_type)
+                        .into(),
+                );
+            }
+            FromChild::ExitedAfterDisconnect { seq } => self
+                .node
+                .send_frame(nodeipc::cluster_ack_frame(&seq).into()),
+            FromChild::OtherInternal(cmd) => {
+                debug!(app = %self.cfg.app, slot = self.slot, cmd, "internal message ignored")
+            }
+            FromChild::SessionOpened(sid) => {
+                self.held.borrow_mut().sessions.insert(sid.clone());
+                self.to_master(ToMaster::SessionOpened(sid));
+            }
+            FromChild::SessionClosed(sid) => {
+                self.held.borrow_mut().sessions.remove(&sid);
+                self.to_master(ToMaster::SessionClosed(sid));
+            }
+            FromChild::Ready => {
+                info!(app = %self.cfg.app, slot = self.slot, "worker ready");
+                self.held.borrow_mut().ready = true;
+                self.to_master(ToMaster::Ready);
+            }
+            FromChild::Adapter(header) => {
+                {
+                    let mut held = self.held.borrow_mut();
+                    let key = (header.uid.clone(), header.nsp.clone());
+                    if header.kind == nodeipc::ADAPTER_CLOSE {
+                        held.adapters.remove(&key);
+                    } else {
+                        held.adapters.insert(key);
+                    }
+                }
+                self.to_master(ToMaster::Adapter {
+                    header,
+                    frame: frame.expect("adapter frames are kept"),
+                });
+            }
+            FromChild::App => debug!(app = %self.cfg.app, slot = self.slot, "app message ignored"),
+        }
+    }
+
+    /// Connects to the master, and again whenever it goes away. Returns
+    /// only if a master refuses this agent.
+    async fn serve_master(self: Rc<Self>) -> String {
+        let mut delay = RECONNECT_FIRST;
+        let mut announced_wait = false;
+        loop {
+            match connect_bus(&self.cfg.app) {
+                Ok(stream) => {
+                    delay = RECONNECT_FIRST;
+                    announced_wait = false;
+                    if let Err(refusal) = self.session(Link::new(stream)).await {
+                        return refusal;
+                    }
+                    info!(app = %self.cfg.app, slot = self.slot, "master gone; the worker keeps running, reconnecting");
+                }
+                Err(e) if !announced_wait => {
+                    announced_wait = true;
+                    info!(app = %self.cfg.app, slot = self.slot, "waiting for the master ({e})");
+                }
+                Err(_) => {}
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(RECONNECT_MAX);
+        }
+    }
+
+    /// One connection to a master. `Err` if it refused us.
+    async fn session(&self, link: Rc<Link>) -> Result<(), String> {
+        tokio::task::spawn_local({
+            let link = link.clone();
+            async move {
+                let _ = link.write_loop().await;
+            }
+        });
+        let hello = ToMaster::Hello {
+            version: PROTOCOL_VERSION,
+            role: Role::Agent {
+                app: self.cfg.app.clone(),
+                slot: self.slot,
+                pid: std::process::id(),
+            },
+        };
+        link.send(hello.to_frame().into(), None);
+        let mut reader = FrameReader::new(Prefix::Bus, wire::MAX_FRAME);
+        match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
+            Ok(Some(Ok(ToAgent::Welcome { .. }))) => {}
+            Ok(Some(Ok(ToAgent::Refused(reason)))) => {
+                return Err(format!("the master refused this agent: {reason}"))
+            }
+            _ => {
+                link.close();
+                return Ok(());
+            }
+        }
+        self.attach(&link);
+        let result = loop {
+            let body = match reader.next(&link).await {
+                Ok(Some(b)) => b,
+                Ok(None) => break Ok(()),
+                Err(e) => {
+                    if !is_disconnect(&e) {
+                        warn!(app = %self.cfg.app, slot = self.slot, "bus: {e}");
+                    }
+                    break Ok(());
+                }
+            };
+            match ToAgent::decode(body) {
+                Ok(ToAgent::Handoff(id)) => match reader.fds.pop_front() {
+                    Some(fd) => self.node.send_handle(id, fd),
+                    None => {
+                        error!(app = %self.cfg.app, slot = self.slot, id, "handoff without a file descriptor");
+                        self.to_master(ToMaster::HandoffFailed(id));
+                    }
+                },
+                Ok(ToAgent::Adapter(frame)) => self.node.send_frame(Bytes::from(frame)),
+                Ok(other) => {
+                    debug!(app = %self.cfg.app, slot = self.slot, ?other, "unexpected frame from the master")
+                }
+                Err(e) => {
+                    warn!(app = %self.cfg.app, slot = self.slot, "bad frame from the master: {e}");
+                    break Ok(());
+                }
+            }
+        };
+        self.held.borrow_mut().master = None;
+        link.close();
+        result
+    }
+
+    /// A master accepted us: tell it what the worker holds, then send the
+    /// adapter frames kept meanwhile.
+    fn attach(&self, link: &Rc<Link>) {
+        let mut held = self.held.borrow_mut();
+        let mut replay = Vec::new();
+        for (uid, nsp) in &held.adapters {
+            ToMaster::AdapterSeen {
+                uid: uid.clone(),
+                nsp: nsp.clone(),
+            }
+            .encode(&mut replay);
+        }
+        for sid in &held.sessions {
+            ToMaster::SessionOpened(sid.clone()).encode(&mut replay);
+        }
+        if held.ready {
+            ToMaster::Ready.encode(&mut replay);
+        }
+        if !replay.is_empty() {
+            link.send(replay.into(), None);
+        }
+        for frame in held.backlog.drain(..) {
+            link.send(frame.into(), None);
+        }
+        held.backlog_bytes = 0;
+        held.master = Some(link.clone());
+    }
+}
+
+/// Node's frame (length prefix included) around a payload, as relayed.
+fn node_frame(payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(payload.len() + 4);
+    f.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}

@@ -1,0 +1,79 @@
+// sio preload: loaded into every Node worker by its agent through
+// NODE_OPTIONS=--require, before the user's worker.js, which stays unmodified.
+//
+// 1. Session ids carry the worker's slot (format: src/sid.rs). engine.io's
+//    generateId is replaced on the prototype, so an app that sets its own
+//    generateId on the instance keeps it (the master then routes its sids
+//    through the table learned from sticky's announcements).
+// 2. Every HTTP response says `Connection: close`. The master routes per
+//    connection; a keep-alive connection reused for another session's
+//    request would reach the wrong worker (socket.io-sticky#8, #17).
+//    @socket.io/sticky 2.x does the same; 1.x does not.
+// 3. Readiness: once the app has attached a `message` listener (sticky's
+//    setupWorker and the cluster adapter both do) and its main module has
+//    run, tell the agent `{type: "sio:ready"}`.
+"use strict";
+
+const Module = require("module");
+const crypto = require("crypto");
+const http = require("http");
+
+// Children of the worker must not load this file again.
+if (process.env.SIO_NODE_OPTIONS !== undefined) {
+  process.env.NODE_OPTIONS = process.env.SIO_NODE_OPTIONS;
+  delete process.env.SIO_NODE_OPTIONS;
+} else {
+  delete process.env.NODE_OPTIONS;
+}
+
+const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+const slot = Number(process.env.SIO_WORKER_SLOT);
+
+function check(prefix) {
+  let h = 0x811c9dc5;
+  const s = "sio1:" + prefix;
+  for (let i = 0; i < s.length; i++) {
+    h = Math.imul(h ^ s.charCodeAt(i), 0x01000193) >>> 0;
+  }
+  return (h ^ (h >>> 12) ^ (h >>> 24)) & 0xfff;
+}
+
+function sioGenerateId() {
+  let sid = ALPHABET[slot >> 6] + ALPHABET[slot & 63];
+  for (const b of crypto.randomBytes(16)) sid += ALPHABET[b & 63];
+  const c = check(sid);
+  return sid + ALPHABET[c >> 6] + ALPHABET[c & 63];
+}
+
+function patchEngineIo(eio) {
+  for (const Server of [eio && eio.BaseServer, eio && eio.Server]) {
+    if (typeof Server === "function" && Server.prototype && !Server.prototype.__sioPatched) {
+      Object.defineProperty(Server.prototype, "__sioPatched", { value: true });
+      Server.prototype.generateId = sioGenerateId;
+    }
+  }
+}
+
+if (Number.isInteger(slot) && slot >= 0 && slot <= 4095) {
+  const load = Module._load;
+  Module._load = function (request) {
+    const exported = load.apply(this, arguments);
+    if (request === "engine.io") patchEngineIo(exported);
+    return exported;
+  };
+}
+
+const emit = http.Server.prototype.emit;
+http.Server.prototype.emit = function (event, req, res) {
+  if (event === "request" && res && !res.headersSent) res.setHeader("Connection", "close");
+  return emit.apply(this, arguments);
+};
+
+let readySent = false;
+process.on("newListener", (event) => {
+  if (event !== "message" || readySent) return;
+  readySent = true;
+  setImmediate(() => {
+    if (typeof process.send === "function") process.send({ type: "sio:ready" });
+  });
+});

@@ -1,0 +1,138 @@
+//! `sio`: the daemon side. `sio up` runs apps in the foreground; `sio
+//! master` and `sio worker` are what the systemd units run.
+
+use clap::{Parser, Subcommand};
+use sio::config::{AppConfig, ConfigError, DEFAULT_CONFIG_DIR};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "sio",
+    version,
+    about = "Scale Socket.IO servers across CPU cores, supervised by systemd"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run apps in the foreground, without systemd: an APP.json file, or a
+    /// folder of them. Ctrl-C stops everything.
+    Up { path: PathBuf },
+    /// Run the master of APP (what sio@APP.service runs).
+    Master {
+        app: String,
+        /// Folder of APP.json files.
+        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
+    /// Run the agent of one worker, APP:N (what sio-worker@APP:N.service runs).
+    Worker {
+        instance: String,
+        /// Folder of APP.json files.
+        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+        /// The app's config file (instead of looking in --config-dir).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn fail(message: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sio: {message}");
+    ExitCode::from(1)
+}
+
+/// Exit code for configuration errors (sysexits' EX_CONFIG): systemd
+/// units use it to tell "fix the config" from a crash.
+const EX_CONFIG: u8 = 78;
+
+fn config_error(e: ConfigError) -> ExitCode {
+    eprintln!("sio: {e}");
+    ExitCode::from(EX_CONFIG)
+}
+
+fn load_app(dir: &Path, app: &str) -> Result<AppConfig, ExitCode> {
+    if !sio::config::valid_app_name(app) {
+        return Err(fail(format!(
+            "{app:?} is not an app name (1-64 of A-Z a-z 0-9 _ -)"
+        )));
+    }
+    AppConfig::load(&AppConfig::path_in(dir, app)).map_err(config_error)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    sio::logging::init();
+    match cli.command {
+        Command::Up { path } => {
+            let configs = if path.is_dir() {
+                AppConfig::load_dir(&path)
+            } else {
+                AppConfig::load(&path).map(|c| vec![c])
+            };
+            let configs = match configs {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            match sio::up::block_on(sio::up::run(configs)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Master { app, config_dir } => {
+            let cfg = match load_app(&config_dir, &app) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            match sio::up::block_on(sio::up::run(vec![cfg])) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
+        Command::Worker {
+            instance,
+            config_dir,
+            config,
+        } => {
+            let Some((app, slot)) = instance
+                .split_once(':')
+                .and_then(|(a, n)| Some((a.to_owned(), n.parse::<u16>().ok()?)))
+            else {
+                return fail(format!(
+                    "{instance:?} is not APP:N (N from 1 to {})",
+                    sio::sid::MAX_SLOT
+                ));
+            };
+            if slot == 0 || slot > sio::sid::MAX_SLOT {
+                return fail(format!(
+                    "worker number {slot} is out of range 1..={}",
+                    sio::sid::MAX_SLOT
+                ));
+            }
+            let cfg = match config {
+                Some(path) => AppConfig::load(&path).map_err(config_error),
+                None => load_app(&config_dir, &app),
+            };
+            let cfg = match cfg {
+                Ok(c) if c.app == app => c,
+                Ok(c) => {
+                    return fail(format!(
+                        "{} configures app {:?}, not {app:?}",
+                        c.path.display(),
+                        c.app
+                    ))
+                }
+                Err(code) => return code,
+            };
+            let exit = sio::up::block_on(sio::agent::run(cfg, slot));
+            if let sio::agent::Exit::Failed(why) = &exit {
+                eprintln!("sio worker {instance}: {why}");
+            }
+            ExitCode::from(exit.code().clamp(0, 255) as u8)
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! Operator requests (`sioctl` -> master) and their answers, as JSON inside
+//! [`crate::wire::ToMaster::Control`] / [`crate::wire::ToAgent::ControlReply`].
+
+use crate::master::router::WorkerView;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "lowercase")]
+pub enum Request {
+    Status,
+}
+
+/// A worker in a status report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerStatus {
+    pub slot: u16,
+    pub state: String,
+    pub sessions: u32,
+    pub pid: Option<u32>,
+    /// Bytes queued to this worker's agent.
+    pub queued_bytes: usize,
+}
+
+impl WorkerStatus {
+    pub fn new(view: &WorkerView, pid: Option<u32>, queued_bytes: usize) -> Self {
+        let state = serde_json::to_value(view.state)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        WorkerStatus {
+            slot: view.slot,
+            state,
+            sessions: view.sessions,
+            pid,
+            queued_bytes,
+        }
+    }
+}
+
+/// Counters since the master started.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Counters {
+    pub accepted: u64,
+    pub handed_off: u64,
+    /// Handoffs that did not reach a worker and were routed again.
+    pub rerouted: u64,
+    pub answered_400: u64,
+    pub answered_408: u64,
+    pub answered_431: u64,
+    pub answered_503: u64,
+    /// Clients that closed before their head was complete.
+    pub closed_early: u64,
+    pub relayed_frames: u64,
+    /// Adapter frames dropped because a worker's queue was full.
+    pub dropped_frames: u64,
+    pub refused_peers: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Status {
+    pub app: String,
+    pub pid: u32,
+    pub listen: Vec<SocketAddr>,
+    pub activated: bool,
+    pub workers: Vec<WorkerStatus>,
+    pub sessions: u64,
+    /// Connections accepted whose head is not complete yet.
+    pub reading_heads: usize,
+    /// Connections waiting for a worker.
+    pub waiting: usize,
+    pub counters: Counters,
+}
+
+impl Status {
+    pub fn ready_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.state == "ready").count()
+    }
+
+    /// The one line systemd shows (`STATUS=`) and `sioctl status` starts with.
+    pub fn summary(&self) -> String {
+        let draining = self
+            .workers
+            .iter()
+            .filter(|w| w.state == "draining")
+            .count();
+        format!(
+            "{} workers ready, {} sessions, {} draining",
+            self.ready_workers(),
+            self.sessions,
+            draining
+        )
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Response {
+    Status(Box<Status>),
+    Error(String),
+}

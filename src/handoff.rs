@@ -1,0 +1,309 @@
+//! File descriptor handoff over Unix stream sockets (`SCM_RIGHTS`).
+//!
+//! [`Link`] is the one transport under both the bus (master <-> agent) and
+//! Node's IPC channel (agent <-> Node): a non-blocking Unix stream with an
+//! outgoing queue in which an item may carry one fd. The fd goes on the
+//! `sendmsg` that carries the item's first byte, which is what libuv does
+//! and expects; after a partial write the rest goes without control data.
+//! Received fds are queued in arrival order: Linux ends a read after a
+//! segment that carries fds, so each fd is seen before the bytes of any
+//! later frame, and the oldest queued fd belongs to the next frame that
+//! expects one.
+//!
+//! Single-threaded by design (`Rc`, `RefCell`): the master and the agent
+//! each run one current-thread runtime, so no locks sit on the handoff path.
+
+use nix::errno::Errno;
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+use tokio::io::Interest;
+use tokio::net::UnixStream;
+use tokio::sync::Notify;
+
+/// Bytes to write, shared so that one relayed frame can sit in many queues.
+pub type Bytes = Rc<[u8]>;
+
+struct Outgoing {
+    data: Bytes,
+    written: usize,
+    /// Sent with the first byte; shared with whoever must keep the fd
+    /// open until the receiver confirms it (the master's in-flight table).
+    fd: Option<Rc<OwnedFd>>,
+}
+
+/// A framed, fd-carrying, non-blocking Unix stream. See the module docs.
+pub struct Link {
+    stream: UnixStream,
+    queue: RefCell<VecDeque<Outgoing>>,
+    queued_bytes: Cell<usize>,
+    wake_writer: Notify,
+    closed: Cell<bool>,
+}
+
+/// Sends `data` with `fd` attached, never blocking, never raising SIGPIPE.
+fn send_some(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<usize> {
+    let iov = [IoSlice::new(data)];
+    let fds;
+    let cmsgs: &[ControlMessage] = match fd {
+        Some(f) => {
+            fds = [f];
+            &[ControlMessage::ScmRights(&fds)]
+        }
+        None => &[],
+    };
+    sendmsg::<()>(
+        sock,
+        &iov,
+        cmsgs,
+        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
+        None,
+    )
+    .map_err(io::Error::from)
+}
+
+/// Reads into `buf`, appending any received fds to `fds` (close-on-exec).
+fn recv_some(sock: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
+    let mut iov = [IoSliceMut::new(buf)];
+    let mut space = nix::cmsg_space!([RawFd; 16]);
+    let msg = recvmsg::<()>(
+        sock,
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
+    for c in msg.cmsgs().map_err(io::Error::from)? {
+        if let ControlMessageOwned::ScmRights(received) = c {
+            // SAFETY: the kernel just created these descriptors for us.
+            fds.extend(
+                received
+                    .into_iter()
+                    .map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
+            );
+        }
+    }
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(io::Error::other(
+            "control data truncated: a peer sent more fds than one frame carries",
+        ));
+    }
+    Ok(msg.bytes)
+}
+
+impl Link {
+    pub fn new(stream: UnixStream) -> Rc<Link> {
+        Rc::new(Link {
+            stream,
+            queue: RefCell::default(),
+            queued_bytes: Cell::new(0),
+            wake_writer: Notify::new(),
+            closed: Cell::new(false),
+        })
+    }
+
+    pub fn stream(&self) -> &UnixStream {
+        &self.stream
+    }
+
+    /// Bytes waiting to be written.
+    pub fn queued_bytes(&self) -> usize {
+        self.queued_bytes.get()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Marks the link dead: queued items are dropped (fds closed) and
+    /// further sends are ignored. Reading tasks see EOF or an error anyway.
+    pub fn close(&self) {
+        self.closed.set(true);
+        self.queue.borrow_mut().clear();
+        self.queued_bytes.set(0);
+        self.wake_writer.notify_one();
+    }
+
+    /// Queues `data` (with `fd` on its first byte) and writes as much as the
+    /// socket takes right now; the writer task sends the rest.
+    pub fn send(&self, data: Bytes, fd: Option<Rc<OwnedFd>>) {
+        if self.closed.get() {
+            return;
+        }
+        self.queued_bytes.set(self.queued_bytes.get() + data.len());
+        let was_empty = {
+            let mut q = self.queue.borrow_mut();
+            q.push_back(Outgoing {
+                data,
+                written: 0,
+                fd,
+            });
+            q.len() == 1
+        };
+        if was_empty {
+            match self.flush_now() {
+                Ok(true) => {}
+                Ok(false) => self.wake_writer.notify_one(),
+                Err(_) => self.close(),
+            }
+        }
+    }
+
+    /// Writes queued items until the socket would block. `Ok(true)` when
+    /// the queue is empty.
+    fn flush_now(&self) -> io::Result<bool> {
+        let sock = self.stream.as_raw_fd();
+        loop {
+            let mut q = self.queue.borrow_mut();
+            let Some(item) = q.front_mut() else {
+                return Ok(true);
+            };
+            let fd = if item.written == 0 {
+                item.fd.as_ref().map(|f| f.as_raw_fd())
+            } else {
+                None
+            };
+            let r = self.stream.try_io(Interest::WRITABLE, || {
+                send_some(sock, &item.data[item.written..], fd)
+            });
+            match r {
+                Ok(n) => {
+                    item.written += n;
+                    self.queued_bytes.set(self.queued_bytes.get() - n);
+                    if item.written == item.data.len() {
+                        q.pop_front();
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(false),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// The writer: runs until the link fails or is closed.
+    pub async fn write_loop(&self) -> io::Result<()> {
+        loop {
+            if self.closed.get() {
+                return Ok(());
+            }
+            if self.flush_now()? {
+                self.wake_writer.notified().await;
+            } else {
+                self.stream.writable().await?;
+            }
+        }
+    }
+
+    /// Reads what is available into `buf` (appending) and `fds`, waiting
+    /// until something is. `Ok(0)` is EOF.
+    pub async fn read(&self, buf: &mut Vec<u8>, fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
+        const CHUNK: usize = 64 * 1024;
+        let sock = self.stream.as_raw_fd();
+        loop {
+            self.stream.readable().await?;
+            let len = buf.len();
+            buf.resize(len + CHUNK, 0);
+            let r = self
+                .stream
+                .try_io(Interest::READABLE, || recv_some(sock, &mut buf[len..], fds));
+            match r {
+                Ok(n) => {
+                    buf.truncate(len + n);
+                    return Ok(n);
+                }
+                Err(e) => {
+                    buf.truncate(len);
+                    if e.kind() != io::ErrorKind::WouldBlock
+                        && e.kind() != io::ErrorKind::Interrupted
+                    {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error from a peer means "the peer is gone" (a normal event).
+pub fn is_disconnect(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error().map(Errno::from_raw),
+        Some(Errno::EPIPE | Errno::ECONNRESET | Errno::ENOTCONN | Errno::ESHUTDOWN)
+    )
+}
+
+/// How a stream's frames start: a 4-byte length of what follows.
+#[derive(Debug, Clone, Copy)]
+pub enum Prefix {
+    /// The bus: little-endian (see [`crate::wire`]).
+    Bus,
+    /// Node's IPC channel in `advanced` mode: big-endian.
+    Node,
+}
+
+/// Splits what a [`Link`] reads into frames.
+pub struct FrameReader {
+    prefix: Prefix,
+    buf: Vec<u8>,
+    start: usize,
+    /// Fds received so far, oldest first; whoever decodes a frame that
+    /// carries one takes it from the front.
+    pub fds: VecDeque<OwnedFd>,
+    max: usize,
+}
+
+impl FrameReader {
+    /// `max`: the largest frame body accepted; a larger one is an error
+    /// (the peer is dropped), before any of it is buffered.
+    pub fn new(prefix: Prefix, max: usize) -> Self {
+        FrameReader {
+            prefix,
+            buf: Vec::new(),
+            start: 0,
+            fds: VecDeque::new(),
+            max,
+        }
+    }
+
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    /// The next frame body (without its length prefix), reading as
+    /// needed. `Ok(None)` on a clean EOF between frames.
+    pub async fn next(&mut self, link: &Link) -> io::Result<Option<&[u8]>> {
+        loop {
+            if let Some(len) = self.buf.get(self.start..self.start + 4) {
+                let len: [u8; 4] = len.try_into().expect("4 bytes");
+                let len = match self.prefix {
+                    Prefix::Bus => u32::from_le_bytes(len),
+                    Prefix::Node => u32::from_be_bytes(len),
+                } as usize;
+                if len > self.max {
+                    return Err(io::Error::other(format!(
+                        "frame of {len} bytes exceeds the limit of {}",
+                        self.max
+                    )));
+                }
+                if self.buf.len() - self.start >= 4 + len {
+                    let at = self.start;
+                    self.start += 4 + len;
+                    return Ok(Some(&self.buf[at + 4..at + 4 + len]));
+                }
+            }
+            self.buf.drain(..self.start);
+            self.start = 0;
+            if link.read(&mut self.buf, &mut self.fds).await? == 0 {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+}

@@ -1,0 +1,38 @@
+//! sio: a systemd-native supervisor that scales Socket.IO servers across
+//! CPU cores, in place of `@socket.io/pm2`.
+//!
+//! # Layout
+//!
+//! Pure logic (no I/O; unit- and property-tested):
+//! * [`sid`]: the session id format that names its worker's slot.
+//! * [`http_head`]: is a peeked request head complete, and its sid.
+//! * [`balance`]: least-loaded choice for new sessions, ties rotating.
+//! * [`master::router`]: worker states, routing and relay decisions.
+//! * [`nodeipc::v8`]: Node's `advanced` (V8) serialization codec.
+//! * [`wire`]: the versioned bus protocol (master <-> agents, `sioctl`).
+//! * [`config`]: `/etc/sio/APP.json`, strictly validated.
+//!
+//! I/O:
+//! * [`listen`]: listening sockets from socket activation or the config.
+//! * [`handoff`]: fd passing over Unix stream sockets (`SCM_RIGHTS`).
+//! * [`master`]: accept, peek, route, hand off; the bus hub and relay.
+//! * [`nodeipc`] and [`nodeipc::channel`]: Node's IPC protocol, parent side.
+//! * [`agent`]: `sio worker APP:N`, the parent of one Node worker.
+//! * [`up`]: `sio up`, master and agents in the foreground.
+//! * [`control`]: `sioctl` requests and answers.
+//! * [`shutdown`]: the shutdown signal shared by long-running tasks.
+
+pub mod agent;
+pub mod balance;
+pub mod config;
+pub mod control;
+pub mod handoff;
+pub mod http_head;
+pub mod listen;
+pub mod logging;
+pub mod master;
+pub mod nodeipc;
+pub mod shutdown;
+pub mod sid;
+pub mod up;
+pub mod wire;

@@ -1,0 +1,61 @@
+//! Where the master's listening sockets come from: systemd socket
+//! activation (`LISTEN_FDS`, from `sio@APP.socket`) or, when not activated,
+//! the addresses in the app's config.
+
+use crate::config::AppConfig;
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+/// The master's listening sockets, non-blocking.
+pub struct Listeners {
+    pub sockets: Vec<TcpListener>,
+    /// Whether systemd passed them (then systemd, not the config, decides
+    /// the addresses, and the sockets outlive the master).
+    pub activated: bool,
+}
+
+impl Listeners {
+    /// Takes the activated sockets if there are any, else binds `listen`
+    /// from the config.
+    pub fn open(cfg: &AppConfig) -> io::Result<Listeners> {
+        let mut fds = listenfd::ListenFd::from_env();
+        let mut sockets = Vec::new();
+        for i in 0..fds.len() {
+            match fds.take_tcp_listener(i)? {
+                Some(l) => sockets.push(l),
+                None => {
+                    return Err(io::Error::other(format!(
+                        "socket activation: fd {} is not a TCP listening socket",
+                        3 + i
+                    )))
+                }
+            }
+        }
+        let activated = !sockets.is_empty();
+        if !activated {
+            for addr in &cfg.listen {
+                let l = TcpListener::bind(addr).map_err(|e| {
+                    io::Error::new(
+                        e.kind(),
+                        format!(
+                            "cannot listen on {addr} (field `listen` of {}): {e}",
+                            cfg.path.display()
+                        ),
+                    )
+                })?;
+                sockets.push(l);
+            }
+        }
+        for s in &sockets {
+            s.set_nonblocking(true)?;
+        }
+        Ok(Listeners { sockets, activated })
+    }
+
+    pub fn addresses(&self) -> Vec<SocketAddr> {
+        self.sockets
+            .iter()
+            .filter_map(|s| s.local_addr().ok())
+            .collect()
+    }
+}

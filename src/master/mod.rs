@@ -1,0 +1,368 @@
+//! The master: accepts client connections, peeks at each request head,
+//! picks the worker, and hands the connection's fd to that worker's agent.
+//! After the handoff it is out of the data path: it never reads a byte
+//! that belongs to the worker (both Node routers do, and lose sessions for
+//! it, nodejs/node#8353). It also relays cluster-adapter frames between
+//! workers over the bus.
+//!
+//! Lifecycle of a client connection (see `LIFECYCLE.md` beside this file):
+//! accepted -> head peeked (at once, or by a task with a deadline) ->
+//! routed -> either handed off (held until the agent confirms Node got it,
+//! re-routed if not) or waiting for a worker (bounded), or answered by the
+//! master itself (400, 408, 431, 503; always `Connection: close`).
+
+mod accept;
+mod bus;
+
+pub use bus::connect as connect_bus;
+pub mod router;
+pub mod supervisor;
+
+use crate::config::AppConfig;
+use crate::control::{Counters, Status, WorkerStatus};
+use crate::handoff::Link;
+use crate::http_head::{self, Head};
+use crate::listen::Listeners;
+use crate::nodeipc;
+use crate::shutdown::Shutdown;
+use crate::wire::ToAgent;
+use router::{Route, Router};
+use std::cell::{Cell, RefCell};
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use supervisor::Supervisor;
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
+
+/// How many times a connection is handed off before the master gives up
+/// on it (each failed handoff means a worker died holding it).
+const MAX_HANDOFF_ATTEMPTS: u8 = 3;
+
+/// A connected agent.
+struct Peer {
+    link: Rc<Link>,
+    pid: u32,
+    /// Connections sent to the agent and not yet confirmed. The master
+    /// keeps its copy until Node acknowledges, so that a worker dying
+    /// mid-handoff loses nothing: the head is still unread, and the
+    /// connection is routed again.
+    in_flight: HashMap<u64, InFlight>,
+}
+
+struct InFlight {
+    conn: Rc<OwnedFd>,
+    head: Head,
+    attempts: u8,
+}
+
+/// A connection waiting for a worker.
+struct Waiting {
+    conn: OwnedFd,
+    head: Head,
+    since: Instant,
+    attempts: u8,
+}
+
+#[derive(Default)]
+struct State {
+    router: Router,
+    peers: BTreeMap<u16, Peer>,
+    waiting: VecDeque<Waiting>,
+    next_handoff: u64,
+    reading_heads: usize,
+    /// Connections answered by the master, being read out before closing.
+    lingering: usize,
+    counters: Counters,
+}
+
+pub struct Master {
+    cfg: AppConfig,
+    /// The bus, bound at creation, served once running.
+    bus: RefCell<Option<tokio::net::UnixListener>>,
+    listen: Vec<SocketAddr>,
+    activated: bool,
+    st: RefCell<State>,
+    /// Woken when a worker becomes routable or a connection starts waiting.
+    waiting_changed: Notify,
+    /// Woken when a connection stops reading its head (room to accept more).
+    room: Notify,
+    supervisor: Supervisor,
+    stopping: Cell<bool>,
+    /// Peek buffer shared by all connections (peeking does not consume, so
+    /// nothing needs to be kept between peeks).
+    scratch: RefCell<Vec<u8>>,
+}
+
+impl Master {
+    /// Binds the app's bus: fails if another master of the app runs.
+    pub fn new(
+        cfg: AppConfig,
+        listeners: &Listeners,
+        supervisor: Supervisor,
+    ) -> std::io::Result<Rc<Master>> {
+        let scratch = RefCell::new(vec![0; cfg.limits.max_head_bytes]);
+        let bus = RefCell::new(Some(bus::listen(&cfg.app)?));
+        Ok(Rc::new(Master {
+            bus,
+            listen: listeners.addresses(),
+            activated: listeners.activated,
+            cfg,
+            st: RefCell::default(),
+            waiting_changed: Notify::new(),
+            room: Notify::new(),
+            supervisor,
+            stopping: Cell::new(false),
+            scratch,
+        }))
+    }
+
+    pub fn app(&self) -> &str {
+        &self.cfg.app
+    }
+
+    /// Runs until `shutdown`, then stops cleanly: no new connections, heads
+    /// being read are finished, waiting ones answered, workers stopped if
+    /// this master owns them (`sio up`).
+    pub async fn run(self: Rc<Self>, listeners: Listeners, shutdown: Shutdown) {
+        let bus = self.bus.borrow_mut().take().expect("a master runs once");
+        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %crate::wire::bus_address(&self.cfg.app), "master started");
+        let mut tasks = Vec::new();
+        for l in listeners.sockets {
+            tasks.push(tokio::task::spawn_local(
+                self.clone().accept_loop(l, shutdown.clone()),
+            ));
+        }
+        let bus = tokio::task::spawn_local(self.clone().bus_loop(bus));
+        tokio::task::spawn_local(self.clone().expire_waiting(shutdown.clone()));
+        let instances = self.cfg.instances.resolve();
+        for slot in 1..=instances {
+            self.st.borrow_mut().router.expect(slot);
+            self.supervisor.start(&self.cfg, slot);
+        }
+        info!(app = %self.cfg.app, instances, "starting workers");
+        let mut shutdown = shutdown;
+        shutdown.recv().await;
+        self.stopping.set(true);
+        info!(app = %self.cfg.app, "stopping: no new connections");
+        for t in tasks {
+            let _ = t.await;
+        }
+        self.finish().await;
+        bus.abort();
+    }
+
+    /// After accepting stopped: lets started work end, within bounds.
+    async fn finish(self: &Rc<Self>) {
+        let deadline = Instant::now() + self.cfg.timeouts.head_ms.min(Duration::from_secs(5));
+        while self.st.borrow().reading_heads > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let owns_workers = self.supervisor.owns_workers();
+        if owns_workers {
+            // Workers stop with us: whoever still waits for one will not get it.
+            let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
+            for w in waiting {
+                self.answer(w.conn, http_head::response::NO_WORKER);
+            }
+        }
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self
+            .st
+            .borrow()
+            .peers
+            .values()
+            .any(|p| !p.in_flight.is_empty())
+            && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if owns_workers {
+            self.supervisor.shutdown(&self.cfg).await;
+        }
+        info!(app = %self.cfg.app, "master stopped");
+    }
+
+    /// Routes a connection whose head is complete: hands it off, or parks it.
+    fn dispatch(&self, conn: OwnedFd, head: Head, attempts: u8) {
+        let now = Instant::now();
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        match st.router.route(&head, now) {
+            Route::To(slot) => {
+                let Some(peer) = st.peers.get_mut(&slot) else {
+                    // Router and peers move together; this is a bug, not a client's fault.
+                    warn!(slot, "routable worker without an agent");
+                    st.waiting.push_back(Waiting {
+                        conn,
+                        head,
+                        since: now,
+                        attempts,
+                    });
+                    return;
+                };
+                let id = st.next_handoff;
+                st.next_handoff += 1;
+                st.router.handed_off(slot, &head, now);
+                debug!(app = %self.cfg.app, slot, sid = head.sid.as_deref().unwrap_or(""), handshake = head.handshake, "handoff");
+                let conn = Rc::new(conn);
+                peer.link
+                    .send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
+                peer.in_flight.insert(
+                    id,
+                    InFlight {
+                        conn,
+                        head,
+                        attempts,
+                    },
+                );
+                st.counters.handed_off += 1;
+            }
+            Route::Wait => {
+                st.waiting.push_back(Waiting {
+                    conn,
+                    head,
+                    since: now,
+                    attempts,
+                });
+                self.waiting_changed.notify_one();
+            }
+        }
+    }
+
+    /// Routes every waiting connection again (a worker became routable).
+    fn retry_waiting(&self) {
+        let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
+        for w in waiting {
+            let since = w.since;
+            self.dispatch(w.conn, w.head, w.attempts);
+            // Keep the original wait time if it parks again.
+            if let Some(back) = self.st.borrow_mut().waiting.back_mut() {
+                back.since = back.since.min(since);
+            }
+        }
+    }
+
+    /// Answers 503 to connections that waited too long for a worker.
+    async fn expire_waiting(self: Rc<Self>, mut shutdown: Shutdown) {
+        let limit = self.cfg.timeouts.worker_wait_ms;
+        loop {
+            let oldest = self.st.borrow().waiting.iter().map(|w| w.since).min();
+            let sleep = async {
+                match oldest {
+                    Some(t) => tokio::time::sleep_until((t + limit).into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = sleep => {}
+                _ = self.waiting_changed.notified() => continue,
+                _ = shutdown.recv() => if self.supervisor.owns_workers() { return },
+            }
+            let now = Instant::now();
+            let expired: Vec<_> = {
+                let mut st = self.st.borrow_mut();
+                let (old, keep): (Vec<_>, Vec<_>) = st
+                    .waiting
+                    .drain(..)
+                    .partition(|w| now.duration_since(w.since) >= limit);
+                st.waiting = keep.into();
+                st.counters.answered_503 += old.len() as u64;
+                old
+            };
+            if !expired.is_empty() {
+                warn!(app = %self.cfg.app, count = expired.len(), "no worker ready in time: answered 503");
+            }
+            for w in expired {
+                self.answer(w.conn, http_head::response::NO_WORKER);
+            }
+        }
+    }
+
+    /// A worker's agent reported that a connection did not reach Node, or
+    /// the agent died holding it: if the head is still unread, route again.
+    fn reroute(self: &Rc<Self>, flight: InFlight) {
+        let Ok(conn) = Rc::try_unwrap(flight.conn) else {
+            // Still in the dead link's queue: it will be dropped with it.
+            return;
+        };
+        self.st.borrow_mut().counters.rerouted += 1;
+        if flight.attempts + 1 >= MAX_HANDOFF_ATTEMPTS {
+            self.count_and_answer(conn, http_head::response::NO_WORKER);
+            return;
+        }
+        match self.peek(&conn) {
+            accept::Peeked::Head(head) if head == flight.head => {
+                self.dispatch(conn, head, flight.attempts + 1)
+            }
+            // Consumed or changed: a worker read it before dying. Nothing to save.
+            _ => debug!(app = %self.cfg.app, "connection torn by a dying worker; closed"),
+        }
+    }
+
+    /// A worker became routable (connected or ready).
+    fn worker_changed(&self) {
+        self.retry_waiting();
+    }
+
+    /// The agent of `slot` disconnected: route its unconfirmed connections
+    /// again and close its adapters on the survivors.
+    fn agent_gone(self: &Rc<Self>, slot: u16) {
+        let (peer, adapters) = {
+            let mut st = self.st.borrow_mut();
+            let Some(peer) = st.peers.remove(&slot) else {
+                return;
+            };
+            let adapters = st.router.gone(slot);
+            (peer, adapters)
+        };
+        peer.link.close();
+        if self.stopping.get() {
+            info!(app = %self.cfg.app, slot, pid = peer.pid, "worker stopped");
+        } else {
+            warn!(app = %self.cfg.app, slot, pid = peer.pid, unconfirmed = peer.in_flight.len(), adapters = adapters.len(), "worker left");
+        }
+        for (uid, nsp) in &adapters {
+            let frame: crate::handoff::Bytes =
+                ToAgent::Adapter(nodeipc::adapter_close_frame(uid, nsp))
+                    .to_frame()
+                    .into();
+            for p in self.st.borrow().peers.values() {
+                p.link.send(frame.clone(), None);
+            }
+        }
+        for (_, flight) in peer.in_flight {
+            self.reroute(flight);
+        }
+    }
+
+    pub fn status(&self) -> Status {
+        let st = self.st.borrow();
+        let workers: Vec<WorkerStatus> = st
+            .router
+            .workers()
+            .iter()
+            .map(|v| {
+                let peer = st.peers.get(&v.slot);
+                WorkerStatus::new(
+                    v,
+                    peer.map(|p| p.pid),
+                    peer.map_or(0, |p| p.link.queued_bytes()),
+                )
+            })
+            .collect();
+        Status {
+            app: self.cfg.app.clone(),
+            pid: std::process::id(),
+            listen: self.listen.clone(),
+            activated: self.activated,
+            sessions: workers.iter().map(|w| u64::from(w.sessions)).sum(),
+            workers,
+            reading_heads: st.reading_heads,
+            waiting: st.waiting.len(),
+            counters: st.counters.clone(),
+        }
+    }
+}

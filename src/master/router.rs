@@ -1,0 +1,364 @@
+//! The master's routing and relay decisions, apart from any I/O.
+//!
+//! Workers are known by *slot* (the `N` of `sio worker APP:N`, the number
+//! inside every sid the worker makes). Each has an explicit state:
+//!
+//! ```text
+//!            agent says Hello        agent says Ready
+//! Starting ───────────────────▶ Connected ─────────────▶ Ready
+//!    ▲                              │                      │ drain()
+//!    │ agent gone (will restart)    │                      ▼
+//!    └──────────────────────────────┴────────────────── Draining ── agent gone ─▶ (removed)
+//! ```
+//!
+//! * A request with a sid goes to the sid's owner: the learned table for
+//!   foreign sids first, then the slot inside a sio sid. It waits while the
+//!   owner is `Starting` (coming back); an owner that is not known at all
+//!   lost the session, and the request goes where a new session would (the
+//!   worker answers "Session ID unknown" and the client reconnects).
+//! * A new session goes to the `Ready` worker with the least load; it waits
+//!   if no worker is ready.
+//! * Adapter frames go where `setupPrimary` sends them (see [`Router::relay_targets`]).
+
+use crate::balance::{Balancer, Load};
+use crate::http_head::Head;
+use crate::nodeipc::AdapterHeader;
+use crate::sid;
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Expected: started, or restarting, with no agent connected yet.
+    Starting,
+    /// Agent connected; its Node worker is not ready for new sessions yet.
+    Connected,
+    Ready,
+    /// Keeps its sessions, takes no new ones; removed when its agent leaves.
+    Draining,
+}
+
+#[derive(Debug)]
+struct Worker {
+    state: WorkerState,
+    load: Load,
+    /// `(uid, nsp)` of every cluster-adapter instance seen from it.
+    adapters: BTreeSet<(String, String)>,
+}
+
+impl Worker {
+    fn new(state: WorkerState) -> Worker {
+        Worker {
+            state,
+            load: Load::default(),
+            adapters: BTreeSet::new(),
+        }
+    }
+}
+
+/// Where a request goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    To(u16),
+    /// No suitable worker now: hold the connection (bounded), retry when a
+    /// worker's state changes.
+    Wait,
+}
+
+/// A worker as `sioctl status` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct WorkerView {
+    pub slot: u16,
+    pub state: WorkerState,
+    pub sessions: u32,
+}
+
+#[derive(Debug, Default)]
+pub struct Router {
+    workers: BTreeMap<u16, Worker>,
+    /// Sids that do not carry their slot (an app's own `generateId`),
+    /// learned from `sticky:connection`.
+    foreign_sids: HashMap<String, u16>,
+    /// Which worker runs each adapter uid (to unicast responses).
+    uid_owner: HashMap<String, u16>,
+    balancer: Balancer,
+}
+
+impl Router {
+    /// A worker is expected in `slot` (started, or about to be).
+    pub fn expect(&mut self, slot: u16) {
+        self.workers
+            .entry(slot)
+            .or_insert_with(|| Worker::new(WorkerState::Starting));
+    }
+
+    /// Its agent connected. Returns false if the slot already has one.
+    pub fn connected(&mut self, slot: u16) -> bool {
+        let w = self
+            .workers
+            .entry(slot)
+            .or_insert_with(|| Worker::new(WorkerState::Starting));
+        if w.state != WorkerState::Starting {
+            return false;
+        }
+        w.state = WorkerState::Connected;
+        true
+    }
+
+    pub fn ready(&mut self, slot: u16) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            if w.state == WorkerState::Connected {
+                w.state = WorkerState::Ready;
+            }
+        }
+    }
+
+    /// No new sessions for this worker; it is removed when its agent leaves.
+    pub fn drain(&mut self, slot: u16) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.state = WorkerState::Draining;
+        }
+    }
+
+    /// Forgets a slot that will not come back (scaled away before it ever
+    /// connected).
+    pub fn forget(&mut self, slot: u16) {
+        self.workers.remove(&slot);
+    }
+
+    /// The agent left. Returns the adapters to close on its behalf. A
+    /// draining worker is removed; any other is expected back (`Starting`).
+    pub fn gone(&mut self, slot: u16) -> Vec<(String, String)> {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return Vec::new();
+        };
+        let adapters = std::mem::take(&mut w.adapters);
+        if w.state == WorkerState::Draining {
+            self.workers.remove(&slot);
+        } else {
+            *w = Worker::new(WorkerState::Starting);
+        }
+        self.foreign_sids.retain(|_, s| *s != slot);
+        self.uid_owner.retain(|_, s| *s != slot);
+        adapters.into_iter().collect()
+    }
+
+    pub fn state(&self, slot: u16) -> Option<WorkerState> {
+        self.workers.get(&slot).map(|w| w.state)
+    }
+
+    pub fn session_opened(&mut self, slot: u16, sid: &str, now: Instant) {
+        if sid::slot_of(sid.as_bytes()) != Some(slot) {
+            self.foreign_sids.insert(sid.to_owned(), slot);
+        }
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.load.session_opened(now);
+        }
+    }
+
+    pub fn session_closed(&mut self, slot: u16, sid: &str) {
+        self.foreign_sids.remove(sid);
+        if let Some(w) = self.workers.get_mut(&slot) {
+            w.load.session_closed();
+        }
+    }
+
+    /// The sid's owner, if the sid names one.
+    fn owner(&self, sid: &str) -> Option<u16> {
+        self.foreign_sids
+            .get(sid)
+            .copied()
+            .or_else(|| sid::slot_of(sid.as_bytes()))
+    }
+
+    pub fn route(&mut self, head: &Head, now: Instant) -> Route {
+        if let Some(owner) = head.sid.as_deref().and_then(|s| self.owner(s)) {
+            match self.workers.get(&owner).map(|w| w.state) {
+                Some(WorkerState::Starting) => return Route::Wait,
+                Some(_) => return Route::To(owner),
+                None => {} // the owner is gone for good: so is the session
+            }
+        }
+        let ready = self
+            .workers
+            .iter_mut()
+            .filter(|(_, w)| w.state == WorkerState::Ready);
+        let candidates: Vec<(u16, u32)> = ready.map(|(&s, w)| (s, w.load.value(now))).collect();
+        self.balancer
+            .pick(candidates)
+            .map_or(Route::Wait, Route::To)
+    }
+
+    /// A request was handed to `slot`; a handshake counts as a session from now.
+    pub fn handed_off(&mut self, slot: u16, head: &Head, now: Instant) {
+        if head.handshake {
+            if let Some(w) = self.workers.get_mut(&slot) {
+                w.load.handshake_sent(now);
+            }
+        }
+    }
+
+    /// Records the adapter behind a frame from `slot`.
+    pub fn adapter_seen(&mut self, slot: u16, uid: &str, nsp: &str) {
+        if let Some(w) = self.workers.get_mut(&slot) {
+            if w.adapters.insert((uid.to_owned(), nsp.to_owned())) {
+                self.uid_owner.insert(uid.to_owned(), slot);
+            }
+        }
+    }
+
+    /// Where a frame from `from` goes, as `setupPrimary` does it: responses
+    /// (8, 10, and also 11, 12) to the worker that owns `requesterUid`;
+    /// everything else to every other connected worker. A response whose
+    /// requester is unknown goes to all others too (non-requesters drop it).
+    pub fn relay_targets(&self, from: u16, header: &AdapterHeader) -> Vec<u16> {
+        if header.is_response() {
+            if let Some(&owner) = header
+                .requester_uid
+                .as_ref()
+                .and_then(|r| self.uid_owner.get(r))
+            {
+                return vec![owner];
+            }
+        }
+        self.workers
+            .iter()
+            .filter(|(&s, w)| s != from && w.state != WorkerState::Starting)
+            .map(|(&s, _)| s)
+            .collect()
+    }
+
+    pub fn workers(&self) -> Vec<WorkerView> {
+        self.workers
+            .iter()
+            .map(|(&slot, w)| WorkerView {
+                slot,
+                state: w.state,
+                sessions: w.load.sessions(),
+            })
+            .collect()
+    }
+
+    pub fn count(&self, state: WorkerState) -> usize {
+        self.workers.values().filter(|w| w.state == state).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(sid: Option<&str>) -> Head {
+        Head {
+            sid: sid.map(str::to_owned),
+            handshake: sid.is_none(),
+        }
+    }
+
+    fn ready_router(slots: &[u16]) -> Router {
+        let mut r = Router::default();
+        for &s in slots {
+            r.expect(s);
+            assert!(r.connected(s));
+            r.ready(s);
+        }
+        r
+    }
+
+    #[test]
+    fn sio_sids_route_to_their_slot_without_any_announcement() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2, 3]);
+        let sid = sid::make(2, &[7; 16]);
+        for _ in 0..5 {
+            assert_eq!(r.route(&head(Some(&sid)), now), Route::To(2));
+        }
+    }
+
+    #[test]
+    fn foreign_sids_use_the_learned_table() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2]);
+        r.session_opened(2, "my-uuid-style-session-id", now);
+        assert_eq!(
+            r.route(&head(Some("my-uuid-style-session-id")), now),
+            Route::To(2)
+        );
+        r.session_closed(2, "my-uuid-style-session-id");
+        // Unknown now: balanced like a new session.
+        assert!(matches!(
+            r.route(&head(Some("my-uuid-style-session-id")), now),
+            Route::To(_)
+        ));
+    }
+
+    #[test]
+    fn sessions_of_a_restarting_worker_wait_and_a_vanished_ones_are_rebalanced() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2]);
+        let sid = sid::make(1, &[1; 16]);
+        r.adapter_seen(1, "u1", "/");
+        assert_eq!(r.gone(1), vec![("u1".to_owned(), "/".to_owned())]);
+        assert_eq!(r.state(1), Some(WorkerState::Starting));
+        assert_eq!(r.route(&head(Some(&sid)), now), Route::Wait);
+        r.drain(1);
+        r.gone(1);
+        assert_eq!(r.state(1), None);
+        assert_eq!(r.route(&head(Some(&sid)), now), Route::To(2));
+    }
+
+    #[test]
+    fn new_sessions_only_to_ready_workers_and_never_to_draining_ones() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2]);
+        r.expect(3);
+        r.connected(3);
+        r.drain(1);
+        for _ in 0..4 {
+            let Route::To(s) = r.route(&head(None), now) else {
+                panic!()
+            };
+            assert_eq!(s, 2);
+            r.handed_off(s, &head(None), now);
+        }
+        // A draining worker keeps its own sessions.
+        let sid = sid::make(1, &[0; 16]);
+        assert_eq!(r.route(&head(Some(&sid)), now), Route::To(1));
+        r.drain(2);
+        assert_eq!(r.route(&head(None), now), Route::Wait);
+    }
+
+    #[test]
+    fn responses_go_to_the_requester_only() {
+        let mut r = ready_router(&[1, 2, 3]);
+        r.adapter_seen(1, "A", "/");
+        r.adapter_seen(2, "B", "/");
+        let resp = AdapterHeader {
+            kind: 8,
+            uid: "B".into(),
+            nsp: "/".into(),
+            requester_uid: Some("A".into()),
+        };
+        assert_eq!(r.relay_targets(2, &resp), vec![1]);
+        let bcast = AdapterHeader {
+            kind: 3,
+            uid: "B".into(),
+            nsp: "/".into(),
+            requester_uid: None,
+        };
+        assert_eq!(r.relay_targets(2, &bcast), vec![1, 3]);
+        let unknown = AdapterHeader {
+            requester_uid: Some("Z".into()),
+            ..resp
+        };
+        assert_eq!(r.relay_targets(2, &unknown), vec![1, 3]);
+    }
+
+    #[test]
+    fn a_slot_admits_one_agent() {
+        let mut r = ready_router(&[1]);
+        assert!(!r.connected(1));
+    }
+}

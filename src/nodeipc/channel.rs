@@ -1,0 +1,168 @@
+//! The parent's end of Node's IPC channel: the socketpair, and the
+//! one-handle-in-flight discipline Node's own parent follows.
+//!
+//! While a `NODE_HANDLE` waits for its `NODE_HANDLE_ACK`/`NACK`, every
+//! other message to the child is held: Node keeps only the latest received
+//! fd as "pending", so a second handle in flight can give connection 2's
+//! socket to message 1, and a plain message right after a handle can
+//! overtake it (both verified; see the design notes, section 1.4). On ACK
+//! the parent closes its copy of the fd (keeping it would stop a worker's
+//! `destroy()` from reaching the client); on NACK it resends, at most
+//! [`MAX_RETRANSMISSIONS`] times.
+
+use crate::handoff::{Bytes, Link};
+use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::rc::Rc;
+
+pub const MAX_RETRANSMISSIONS: u8 = 3;
+
+enum Held {
+    Frame(Bytes),
+    Handle { id: u64, fd: OwnedFd },
+}
+
+struct InFlight {
+    id: u64,
+    fd: Rc<OwnedFd>,
+    retransmissions: u8,
+}
+
+#[derive(Default)]
+struct Discipline {
+    in_flight: Option<InFlight>,
+    held: VecDeque<Held>,
+}
+
+/// The parent's end of a Node child's IPC channel.
+pub struct NodeChannel {
+    link: Rc<Link>,
+    discipline: RefCell<Discipline>,
+    /// `{cmd:"NODE_HANDLE", ...sticky:connection}`, the same for every handoff.
+    handoff_frame: Bytes,
+}
+
+/// The child's end, to be inherited as `NODE_CHANNEL_FD`.
+pub struct ChildEnd(OwnedFd);
+
+impl ChildEnd {
+    pub fn raw(&self) -> RawFd {
+        self.0.as_raw_fd()
+    }
+
+    /// To call between fork and exec: lets exactly this fd cross `exec`.
+    pub fn inherit_in_child(fd: RawFd) -> std::io::Result<()> {
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
+            .map(drop)
+            .map_err(std::io::Error::from)
+    }
+}
+
+impl NodeChannel {
+    /// A socketpair: both ends close-on-exec, so no other child inherits
+    /// ours (a leaked parent end would keep the channel open after the
+    /// parent closed it, and the worker would never see EOF).
+    pub fn pair() -> std::io::Result<(Rc<NodeChannel>, ChildEnd)> {
+        let (parent, child) = socketpair(
+            AddressFamily::Unix,
+            SockType::Stream,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )?;
+        let parent = std::os::unix::net::UnixStream::from(parent);
+        parent.set_nonblocking(true)?;
+        let link = Link::new(tokio::net::UnixStream::from_std(parent)?);
+        let channel = NodeChannel {
+            link,
+            discipline: RefCell::default(),
+            handoff_frame: super::sticky_handoff_frame().into(),
+        };
+        Ok((Rc::new(channel), ChildEnd(child)))
+    }
+
+    pub fn link(&self) -> &Rc<Link> {
+        &self.link
+    }
+
+    /// Sends a frame now, or after the handle in flight is acknowledged.
+    pub fn send_frame(&self, frame: Bytes) {
+        let mut d = self.discipline.borrow_mut();
+        if d.in_flight.is_some() {
+            d.held.push_back(Held::Frame(frame));
+        } else {
+            self.link.send(frame, None);
+        }
+    }
+
+    /// Hands a connection to the child (`sticky:connection`).
+    pub fn send_handle(&self, id: u64, fd: OwnedFd) {
+        let mut d = self.discipline.borrow_mut();
+        if d.in_flight.is_some() {
+            d.held.push_back(Held::Handle { id, fd });
+        } else {
+            self.launch(&mut d, id, fd);
+        }
+    }
+
+    fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd) {
+        let fd = Rc::new(fd);
+        self.link.send(self.handoff_frame.clone(), Some(fd.clone()));
+        d.in_flight = Some(InFlight {
+            id,
+            fd,
+            retransmissions: 0,
+        });
+    }
+
+    /// Sends held messages up to (and including) the next handle.
+    fn release(&self, d: &mut Discipline) {
+        while let Some(h) = d.held.pop_front() {
+            match h {
+                Held::Frame(f) => self.link.send(f, None),
+                Held::Handle { id, fd } => return self.launch(d, id, fd),
+            }
+        }
+    }
+
+    /// `NODE_HANDLE_ACK`: the child has the fd. Returns the handoff id.
+    pub fn acked(&self) -> Option<u64> {
+        let mut d = self.discipline.borrow_mut();
+        let done = d.in_flight.take()?;
+        // Dropping our Rc closes our copy (the link's queue let go of its
+        // own when the frame went out, which it has: the child answered).
+        drop(done.fd);
+        self.release(&mut d);
+        Some(done.id)
+    }
+
+    /// `NODE_HANDLE_NACK`: the fd did not arrive with the message. Resends,
+    /// or gives up and returns the id of the connection that failed.
+    pub fn nacked(&self) -> Option<u64> {
+        let mut d = self.discipline.borrow_mut();
+        let flight = d.in_flight.as_mut()?;
+        if flight.retransmissions < MAX_RETRANSMISSIONS {
+            flight.retransmissions += 1;
+            self.link
+                .send(self.handoff_frame.clone(), Some(flight.fd.clone()));
+            return None;
+        }
+        let failed = d.in_flight.take().map(|f| f.id);
+        self.release(&mut d);
+        failed
+    }
+
+    /// The child is gone: the ids of every connection it never got.
+    pub fn abandon(&self) -> Vec<u64> {
+        let mut d = self.discipline.borrow_mut();
+        let mut ids: Vec<u64> = d.in_flight.take().map(|f| f.id).into_iter().collect();
+        ids.extend(d.held.drain(..).filter_map(|h| match h {
+            Held::Handle { id, .. } => Some(id),
+            Held::Frame(_) => None,
+        }));
+        self.link.close();
+        ids
+    }
+}

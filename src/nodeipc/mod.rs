@@ -1,0 +1,287 @@
+//! Node's child_process IPC protocol, spoken as the parent of an unmodified
+//! Socket.IO worker (`setupWorker(io)` + `io.adapter(createAdapter())`).
+//!
+//! * [`v8`]: the `advanced` serialization codec (pure).
+//! * this module: what a frame from the child means ([`classify`]) and the
+//!   frames the parent writes (pure).
+//! * [`channel`]: the socketpair, framing and the one-handle-in-flight
+//!   discipline (I/O).
+//!
+//! Framing in `advanced` mode: a 4-byte big-endian payload length, then a V8
+//! payload. A frame is *internal* when it is an object whose `cmd` is a
+//! string longer than 5 characters starting with `NODE_`.
+
+pub mod channel;
+pub mod v8;
+
+use v8::Value;
+
+/// `source` of every cluster-adapter message.
+pub const ADAPTER_SOURCE: &str = "_sio_adapter";
+/// Cluster-adapter message type of `ADAPTER_CLOSE`.
+pub const ADAPTER_CLOSE: u32 = 13;
+/// The message type the preload script sends once the app has attached
+/// its message listeners (see `src/agent/preload.js`).
+pub const READY_TYPE: &str = "sio:ready";
+
+/// Routing header of a cluster-adapter frame; the frame itself is relayed
+/// byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AdapterHeader {
+    pub kind: u32,
+    pub uid: String,
+    pub nsp: String,
+    pub requester_uid: Option<String>,
+}
+
+impl AdapterHeader {
+    /// Responses that `setupPrimary` (types 8 and 10), and we also for
+    /// client counts and acks (11 and 12), send only to the requester.
+    pub fn is_response(&self) -> bool {
+        matches!(self.kind, 8 | 10 | 11 | 12) && self.requester_uid.is_some()
+    }
+}
+
+/// What one frame from the Node child means to its parent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FromChild {
+    HandleAck,
+    HandleNack,
+    /// `NODE_CLUSTER` `online`, `listening`, `close`: no answer expected.
+    ClusterNotice,
+    /// The worker called `server.listen()` and waits for this answer.
+    QueryServer {
+        seq: Value,
+        address: Option<String>,
+        port: Option<f64>,
+        address_type: Option<f64>,
+    },
+    /// `cluster.worker.disconnect()`: the worker waits for an ack.
+    ExitedAfterDisconnect {
+        seq: Value,
+    },
+    /// Another internal message (`NODE_*`) we have no business with.
+    OtherInternal(String),
+    /// sticky's `{type:"sticky:connection", data:sid}`.
+    SessionOpened(String),
+    /// sticky's `{type:"sticky:disconnection", data:sid}`.
+    SessionClosed(String),
+    /// The preload's readiness signal.
+    Ready,
+    Adapter(AdapterHeader),
+    /// The app's own `process.send()`: never relayed to other workers.
+    App,
+}
+
+fn string_field(v: &Value, key: &str) -> Option<String> {
+    v.get(key)
+        .and_then(Value::as_js_str)
+        .map(|s| s.to_string_lossy())
+}
+
+/// Classifies one payload (a frame without its length prefix).
+pub fn classify(payload: &[u8]) -> Result<FromChild, v8::DecodeError> {
+    let msg = v8::decode(payload)?;
+    if let Some(cmd) = msg.get("cmd").and_then(Value::as_js_str) {
+        let cmd = cmd.to_string_lossy();
+        if cmd.len() > 5 && cmd.starts_with("NODE_") {
+            return Ok(classify_internal(&cmd, &msg));
+        }
+    }
+    let is_type = |t: &str| {
+        msg.get("type")
+            .and_then(Value::as_js_str)
+            .is_some_and(|s| s.eq_str(t))
+    };
+    if string_field(&msg, "source").as_deref() == Some(ADAPTER_SOURCE) {
+        let kind = msg.get("type").and_then(Value::as_f64);
+        let uid = string_field(&msg, "uid");
+        if let (Some(kind), Some(uid)) = (kind, uid) {
+            return Ok(FromChild::Adapter(AdapterHeader {
+                kind: kind as u32,
+                uid,
+                nsp: string_field(&msg, "nsp").unwrap_or_else(|| "/".into()),
+                requester_uid: string_field(&msg, "requesterUid"),
+            }));
+        }
+    }
+    let sid = string_field(&msg, "data");
+    Ok(match sid {
+        Some(sid) if is_type("sticky:connection") => FromChild::SessionOpened(sid),
+        Some(sid) if is_type("sticky:disconnection") => FromChild::SessionClosed(sid),
+        _ if is_type(READY_TYPE) => FromChild::Ready,
+        _ => FromChild::App,
+    })
+}
+
+fn classify_internal(cmd: &str, msg: &Value) -> FromChild {
+    match cmd {
+        "NODE_HANDLE_ACK" => FromChild::HandleAck,
+        "NODE_HANDLE_NACK" => FromChild::HandleNack,
+        "NODE_CLUSTER" => {
+            let seq = msg.get("seq").cloned().unwrap_or(Value::Undefined);
+            match string_field(msg, "act").as_deref() {
+                Some("queryServer") => FromChild::QueryServer {
+                    seq,
+                    address: string_field(msg, "address"),
+                    port: msg.get("port").and_then(Value::as_f64),
+                    address_type: msg.get("addressType").and_then(Value::as_f64),
+                },
+                Some("exitedAfterDisconnect") => FromChild::ExitedAfterDisconnect { seq },
+                _ => FromChild::ClusterNotice,
+            }
+        }
+        other => FromChild::OtherInternal(other.to_owned()),
+    }
+}
+
+/// The envelope that hands a connection to sticky's `setupWorker`:
+/// `{cmd:"NODE_HANDLE", type:"net.Socket", msg:{type:"sticky:connection", data:<empty Buffer>}}`.
+/// `data` is empty because the master only peeked: the worker's HTTP parser
+/// reads the original request bytes itself.
+pub fn sticky_handoff_frame() -> Vec<u8> {
+    v8::encode_frame(&Value::object([
+        ("cmd", Value::str("NODE_HANDLE")),
+        ("type", Value::str("net.Socket")),
+        (
+            "msg",
+            Value::object([
+                ("type", Value::str("sticky:connection")),
+                ("data", Value::buffer(Vec::new())),
+            ]),
+        ),
+    ]))
+}
+
+/// `{cmd:"NODE_CLUSTER", ack:seq}`: the answer to `exitedAfterDisconnect`.
+pub fn cluster_ack_frame(seq: &Value) -> Vec<u8> {
+    v8::encode_frame(&Value::object([
+        ("cmd", Value::str("NODE_CLUSTER")),
+        ("ack", seq.clone()),
+    ]))
+}
+
+/// A round-robin style answer to `queryServer` with no handle: `listen()`
+/// succeeds in the worker, and no connection ever arrives through it (all
+/// of them come from the master). Refusing would crash apps that call
+/// `listen()` out of habit.
+pub fn query_server_reply_frame(
+    seq: &Value,
+    address: Option<&str>,
+    port: Option<f64>,
+    address_type: Option<f64>,
+) -> Vec<u8> {
+    let ipv6 = address_type == Some(6.0);
+    let address = address.unwrap_or(if ipv6 { "::" } else { "0.0.0.0" });
+    v8::encode_frame(&Value::object([
+        ("cmd", Value::str("NODE_CLUSTER")),
+        ("ack", seq.clone()),
+        ("errno", Value::Null),
+        ("key", Value::str("sio:no-listen")),
+        ("data", Value::Null),
+        (
+            "sockname",
+            Value::object([
+                ("address", Value::str(address)),
+                ("family", Value::str(if ipv6 { "IPv6" } else { "IPv4" })),
+                ("port", Value::Double(port.unwrap_or(0.0))),
+            ]),
+        ),
+    ]))
+}
+
+/// `ADAPTER_CLOSE` on behalf of a dead worker's adapter, so that survivors
+/// drop it at once instead of waiting out their heartbeat timeout (and
+/// failing `fetchSockets()` after 5 s meanwhile).
+pub fn adapter_close_frame(uid: &str, nsp: &str) -> Vec<u8> {
+    v8::encode_frame(&Value::object([
+        ("type", Value::Int32(ADAPTER_CLOSE as i32)),
+        ("uid", Value::str(uid)),
+        ("nsp", Value::str(nsp)),
+        ("source", Value::str(ADAPTER_SOURCE)),
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn payload(v: Value) -> Vec<u8> {
+        v8::encode_frame(&v)[4..].to_vec()
+    }
+
+    #[test]
+    fn adapter_response_keeps_requester() {
+        let p = payload(Value::object([
+            ("type", Value::Int32(8)),
+            (
+                "data",
+                Value::object([
+                    ("requestId", Value::str("abc")),
+                    (
+                        "sockets",
+                        Value::Array {
+                            elements: vec![],
+                            properties: vec![],
+                        },
+                    ),
+                ]),
+            ),
+            ("uid", Value::str("u1")),
+            ("nsp", Value::str("/")),
+            ("source", Value::str(ADAPTER_SOURCE)),
+            ("requesterUid", Value::str("u2")),
+        ]));
+        let FromChild::Adapter(h) = classify(&p).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            h,
+            AdapterHeader {
+                kind: 8,
+                uid: "u1".into(),
+                nsp: "/".into(),
+                requester_uid: Some("u2".into())
+            }
+        );
+        assert!(h.is_response());
+    }
+
+    #[test]
+    fn sticky_messages_and_internal_ones() {
+        let p = payload(Value::object([
+            ("type", Value::str("sticky:connection")),
+            ("data", Value::str("SID")),
+        ]));
+        assert_eq!(
+            classify(&p).unwrap(),
+            FromChild::SessionOpened("SID".into())
+        );
+        let p = payload(Value::object([("cmd", Value::str("NODE_HANDLE_ACK"))]));
+        assert_eq!(classify(&p).unwrap(), FromChild::HandleAck);
+        let p = payload(Value::object([
+            ("cmd", Value::str("NODE_CLUSTER")),
+            ("act", Value::str("online")),
+            ("seq", Value::Int32(0)),
+        ]));
+        assert_eq!(classify(&p).unwrap(), FromChild::ClusterNotice);
+        // `cmd` of 5 characters or less is a user message in Node's rules.
+        let p = payload(Value::object([("cmd", Value::str("NODE_"))]));
+        assert_eq!(classify(&p).unwrap(), FromChild::App);
+        let p = payload(Value::str("ready"));
+        assert_eq!(classify(&p).unwrap(), FromChild::App);
+    }
+
+    #[test]
+    fn adapter_close_is_an_adapter_frame() {
+        let f = adapter_close_frame("u9", "/chat");
+        let FromChild::Adapter(h) = classify(&f[4..]).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (h.kind, h.uid.as_str(), h.nsp.as_str()),
+            (13, "u9", "/chat")
+        );
+        assert!(!h.is_response());
+    }
+}

@@ -1,0 +1,273 @@
+//! Test harness: real `sio up` masters, real Node workers, real
+//! socket.io-client scenarios (`tests/node/*.js`).
+#![allow(dead_code)] // each test binary uses a different part
+
+use serde_json::{json, Value};
+use std::fs;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+pub fn node_dir() -> PathBuf {
+    repo().join("tests/node")
+}
+
+/// Installs the Node fixtures' packages once (`npm ci`), whatever the
+/// number of test binaries running at once.
+pub fn ensure_node_modules() {
+    let dir = node_dir();
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .mode(0o644)
+        .open(dir.join(".install.lock"))
+        .unwrap();
+    nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map(|held| {
+            if !dir.join("node_modules/.package-lock.json").exists() {
+                let ok = Command::new("npm")
+                    .args(["ci", "--no-audit", "--no-fund"])
+                    .current_dir(&dir)
+                    .status()
+                    .expect("npm is needed for the Node fixtures");
+                assert!(ok.success(), "npm ci failed in {}", dir.display());
+            }
+            drop(held);
+        })
+        .map_err(|(_, e)| e)
+        .expect("lock tests/node");
+}
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// A unique app name per test (apps share the abstract socket namespace).
+pub fn app_name() -> String {
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+pub fn scratch_dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("sio-test-{name}"));
+    let _ = fs::remove_dir_all(&d);
+    fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// A running `sio up` with its own app.
+pub struct App {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl App {
+    /// `workers` instances of `tests/node/worker.js`, listening on an
+    /// ephemeral loopback port.
+    pub fn start(workers: u16) -> App {
+        App::start_with(workers, json!({}))
+    }
+
+    /// Same, with fields merged into the config (e.g. `timeouts`).
+    pub fn start_with(workers: u16, extra: Value) -> App {
+        ensure_node_modules();
+        let name = app_name();
+        let dir = scratch_dir(&name);
+        let mut cfg = json!({
+            "command": ["node", node_dir().join("worker.js")],
+            "cwd": node_dir(),
+            "instances": workers,
+            "listen": "127.0.0.1:0",
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            cfg[k] = v.clone();
+        }
+        let config = dir.join(format!("{name}.json"));
+        fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        let log = fs::File::create(dir.join("sio.log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_sio"))
+            .arg("up")
+            .arg(&config)
+            .env("SIO_LOG", "info,sio=debug")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let mut app = App {
+            name,
+            dir,
+            config,
+            child: Some(child),
+            port: 0,
+        };
+        let status = app.wait_ready(workers as usize, Duration::from_secs(30));
+        let addr = status["listen"][0].as_str().unwrap().to_owned();
+        app.port = addr.rsplit(':').next().unwrap().parse().unwrap();
+        app
+    }
+
+    pub fn log(&self) -> String {
+        fs::read_to_string(self.dir.join("sio.log")).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().unwrap().id()
+    }
+
+    /// `sioctl status APP --json`, or None while no master answers.
+    pub fn try_status(&self) -> Option<Value> {
+        let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
+            .args(["status", &self.name, "--json"])
+            .output()
+            .unwrap();
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn status(&self) -> Value {
+        self.try_status()
+            .unwrap_or_else(|| panic!("no status from {}; log:\n{}", self.name, self.log()))
+    }
+
+    pub fn ready_workers(status: &Value) -> usize {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["state"] == "ready")
+            .count()
+    }
+
+    pub fn wait_ready(&mut self, n: usize, timeout: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.try_status() {
+                if App::ready_workers(&s) >= n {
+                    return s;
+                }
+            }
+            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                panic!(
+                    "sio up exited ({st}) before {n} workers were ready; log:\n{}",
+                    self.log()
+                );
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "{n} workers not ready after {timeout:?}; log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Pids of the agents and their Node workers.
+    pub fn worker_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        for w in self.status()["workers"].as_array().unwrap() {
+            if let Some(agent) = w["pid"].as_u64() {
+                pids.push(agent as u32);
+                pids.extend(children_of(agent as u32));
+            }
+        }
+        pids
+    }
+
+    /// SIGTERM, then waits for `sio up` to exit; returns its exit status.
+    pub fn stop(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().unwrap();
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(child.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let t0 = Instant::now();
+        loop {
+            if let Some(st) = child.try_wait().unwrap() {
+                return st;
+            }
+            if t0.elapsed() > Duration::from_secs(20) {
+                let _ = child.kill();
+                panic!("sio up did not stop within 20 s; log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if self.child.is_some() {
+            self.stop();
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+pub fn children_of(pid: u32) -> Vec<u32> {
+    fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie is dead for our purposes.
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Resident memory of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap()
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// Runs a Node scenario from `tests/node` and returns what it reported.
+pub fn node(script: &str, args: &[&str]) -> Value {
+    ensure_node_modules();
+    let out = Command::new("node")
+        .arg(node_dir().join(script))
+        .args(args)
+        .current_dir(node_dir())
+        .stdin(Stdio::null())
+        .output()
+        .expect("node is needed for the tests");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{script} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    let line = stdout
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("RESULT "))
+        .unwrap_or_else(|| panic!("{script} reported nothing:\n{stdout}\n{stderr}"));
+    serde_json::from_str(line).unwrap()
+}
+
+pub fn in_file(path: &Path) -> String {
+    fs::read_to_string(path).unwrap_or_default()
+}

@@ -1,0 +1,41 @@
+// Test worker: a stock @socket.io/pm2-style Socket.IO server (setupWorker +
+// createAdapter, no listen()), with events the tests drive.
+const { createServer } = require("http");
+const { Server } = require("socket.io");
+const { createAdapter } = require("@socket.io/cluster-adapter");
+const { setupWorker } = require("@socket.io/sticky");
+
+const httpServer = createServer((req, res) => {
+  res.writeHead(200, { "Content-Type": "text/plain" });
+  res.end(`page from ${process.pid}`);
+});
+const io = new Server(httpServer, { maxHttpBufferSize: 4e6 });
+io.adapter(createAdapter());
+setupWorker(io);
+
+const me = `w${require("cluster").worker.id}`;
+
+io.on("connection", (socket) => {
+  socket.emit("welcome", { worker: me, pid: process.pid, sid: socket.conn.id });
+  socket.on("echo", (payload, ack) => ack({ worker: me, payload }));
+  socket.on("broadcast", (payload) => io.emit("bcast", { from: me, payload }));
+  socket.on("count", async (ack) => {
+    const t0 = Date.now();
+    try {
+      const sockets = await io.fetchSockets();
+      ack({ worker: me, count: sockets.length, servers: await io.of("/").adapter.serverCount(), ms: Date.now() - t0 });
+    } catch (e) {
+      ack({ worker: me, error: e.message, ms: Date.now() - t0 });
+    }
+  });
+  socket.on("sse", (ack) => {
+    io.serverSideEmit("ping", me, (err, replies) => ack({ worker: me, err: err && err.message, replies }));
+  });
+  socket.on("join-all", (room, ack) => {
+    io.socketsJoin(room);
+    setTimeout(() => ack({ worker: me }), 200);
+  });
+  socket.on("to-room", (room, payload) => io.to(room).emit("room-msg", { from: me, payload }));
+});
+
+io.on("ping", (from, cb) => cb({ pong: me, from }));
