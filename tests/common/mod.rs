@@ -24,6 +24,7 @@ pub fn ensure_node_modules() {
     let dir = node_dir();
     let lock = fs::OpenOptions::new()
         .create(true)
+        .truncate(false)
         .write(true)
         .mode(0o644)
         .open(dir.join(".install.lock"))
