@@ -75,3 +75,40 @@ function run(main) {
 }
 
 module.exports = { sleep, withTimeout, connect, emitAck, raw, report, run };
+
+const http = require("http");
+
+/** The slot a sio sid names (first two base64url characters). */
+function slotOf(sid) {
+  const A = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+  return A.indexOf(sid[0]) * 64 + A.indexOf(sid[1]);
+}
+
+/** One HTTP request; resolves {status, headers, body}. */
+function request(port, { method = "GET", path, body, headers = {}, agent }) {
+  return new Promise((resolve, reject) => {
+    const req = http.request({ host: "127.0.0.1", port, method, path, headers, agent }, (res) => {
+      const parts = [];
+      res.on("data", (d) => parts.push(d));
+      res.on("end", () => resolve({ status: res.statusCode, headers: res.headers, body: Buffer.concat(parts).toString() }));
+    });
+    req.on("error", reject);
+    req.setTimeout(15000, () => req.destroy(new Error("request timeout")));
+    if (body !== undefined) req.end(body);
+    else req.end();
+  });
+}
+
+/** An Engine.IO polling handshake; resolves the new session's sid. */
+async function handshake(port, extra = {}) {
+  const r = await request(port, { path: "/socket.io/?EIO=4&transport=polling", ...extra });
+  if (r.status !== 200) throw new Error(`handshake: ${r.status} ${r.body}`);
+  return JSON.parse(r.body.slice(1)).sid;
+}
+
+const pollPath = (sid) => `/socket.io/?EIO=4&transport=polling&sid=${sid}`;
+
+module.exports.slotOf = slotOf;
+module.exports.request = request;
+module.exports.handshake = handshake;
+module.exports.pollPath = pollPath;
