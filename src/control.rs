@@ -69,6 +69,8 @@ pub struct Status {
     pub reading_heads: usize,
     /// Connections waiting for a worker.
     pub waiting: usize,
+    /// Connections handed to an agent and not yet confirmed by Node.
+    pub in_flight: usize,
     pub counters: Counters,
 }
 

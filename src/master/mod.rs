@@ -362,6 +362,7 @@ impl Master {
             workers,
             reading_heads: st.reading_heads,
             waiting: st.waiting.len(),
+            in_flight: st.peers.values().map(|p| p.in_flight.len()).sum(),
             counters: st.counters.clone(),
         }
     }

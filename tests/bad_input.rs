@@ -1,0 +1,212 @@
+//! Bad input gets a clear answer and loses nothing; the master's memory
+//! stays flat through all of it.
+
+mod common;
+
+use common::*;
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use serde_json::json;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn exchange(port: u16, bytes: &[u8]) -> String {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let _ = s.write_all(bytes);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn garbage_and_oversized_heads_get_an_answer_and_a_close() {
+    let app = App::start(2);
+    let tls_hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03garbage";
+    let r = exchange(app.port, tls_hello);
+    assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{r:?}");
+    assert!(r.contains("Connection: close\r\n"), "{r:?}");
+    let mut endless = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nX-Filler: ".to_vec();
+    endless.resize(64 * 1024, b'a');
+    let r = exchange(app.port, &endless);
+    assert!(r.starts_with("HTTP/1.1 431 "), "{r:?}");
+    assert!(r.contains("Connection: close\r\n"), "{r:?}");
+    let r = exchange(app.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK"),
+        "a worker serves plain requests too: {r:?}"
+    );
+    let c = &app.status()["counters"];
+    assert_eq!(
+        (c["answered_400"].as_u64(), c["answered_431"].as_u64()),
+        (Some(1), Some(1)),
+        "{c}"
+    );
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_stop_other_clients() {
+    let app = App::start_with(2, json!({"timeouts": {"head_ms": 3000}}));
+    let idle: Vec<TcpStream> = (0..1000)
+        .map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap())
+        .collect();
+    wait_for("1000 heads being read", Duration::from_secs(5), || {
+        app.status()["reading_heads"] == 1000
+    });
+    let t0 = Instant::now();
+    let r = node("race.js", &[&app.port.to_string(), "100"]);
+    assert_eq!(r["counts"], json!({"ok": 100}), "{r}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(3),
+        "served while the idle ones wait: {:?}",
+        t0.elapsed()
+    );
+    // Then each idle one is told it took too long, and closed.
+    let mut idle = idle;
+    let mut answer = String::new();
+    idle[0]
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    idle[0].read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
+    wait_for(
+        "every idle connection answered",
+        Duration::from_secs(10),
+        || {
+            let s = app.status();
+            s["reading_heads"] == 0 && s["counters"]["answered_408"] == 1000
+        },
+    );
+}
+
+#[test]
+fn clients_that_close_mid_handoff_cost_nothing() {
+    let app = App::start(2);
+    let head = b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n";
+    for _ in 0..2000 {
+        let mut s = TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+        let _ = s.write_all(head);
+        drop(s); // gone before the worker answers
+    }
+    let r = node("race.js", &[&app.port.to_string(), "50"]);
+    assert_eq!(r["counts"], json!({"ok": 50}), "{r}");
+    wait_for("nothing held", Duration::from_secs(10), || {
+        let s = app.status();
+        s["in_flight"] == 0 && s["waiting"] == 0 && s["reading_heads"] == 0
+    });
+}
+
+#[test]
+fn a_worker_that_dies_mid_handoff_loses_no_connection() {
+    let app = App::start(2);
+    let status = app.status();
+    let w1 = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["slot"] == 1)
+        .unwrap()
+        .clone();
+    let node1 = children_of(w1["pid"].as_u64().unwrap() as u32)[0];
+    // Frozen, the worker cannot acknowledge what it is sent...
+    kill(Pid::from_raw(node1 as i32), Signal::SIGSTOP).unwrap();
+    let port = app.port.to_string();
+    let client = std::thread::spawn(move || node("mid_handoff.js", &[&port, "20"]));
+    wait_for(
+        "handoffs to the frozen worker",
+        Duration::from_secs(5),
+        || app.status()["in_flight"].as_u64() >= Some(5),
+    );
+    // ...and then it dies holding them.
+    kill(Pid::from_raw(node1 as i32), Signal::SIGKILL).unwrap();
+    let r = client.join().unwrap();
+    assert_eq!(
+        r["counts"],
+        json!({"slot 2": 20}),
+        "every handshake answered by the survivor: {r}"
+    );
+    assert!(
+        app.status()["counters"]["rerouted"].as_u64() >= Some(5),
+        "{}",
+        app.status()
+    );
+}
+
+#[test]
+fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
+    let app = App::start(1);
+    // The real sioctl, run as nobody.
+    let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
+        .args(["status", &app.name])
+        .uid(65534)
+        .gid(65534)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("the master refused: permission denied"),
+        "{err}"
+    );
+    wait_for("the refusal logged", Duration::from_secs(5), || {
+        app.log()
+            .contains("refused bus peer: its uid is neither the master's nor root's")
+    });
+    // Same uid, but garbage instead of a hello.
+    let name = format!("sio/{}", app.name);
+    let addr =
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+            name.as_bytes(),
+        )
+        .unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    s.write_all(&[0xff; 64]).unwrap();
+    let mut rest = Vec::new();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.read_to_end(&mut rest);
+    let status = app.status();
+    assert_eq!(status["counters"]["refused_peers"], 1, "{status}");
+    assert_eq!(
+        App::ready_workers(&status),
+        1,
+        "the worker is unaffected: {status}"
+    );
+}
+
+#[test]
+fn the_masters_memory_stays_bounded() {
+    let app = App::start_with(2, json!({"timeouts": {"head_ms": 1000}}));
+    let before = rss_kib(app.pid());
+    for _ in 0..3 {
+        let idle: Vec<TcpStream> = (0..1000)
+            .map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap())
+            .collect();
+        for _ in 0..500 {
+            exchange(app.port, b"\x00\x01garbage\r\n\r\n");
+        }
+        let r = node("race.js", &[&app.port.to_string(), "300"]);
+        assert_eq!(r["counts"], json!({"ok": 300}), "{r}");
+        drop(idle);
+    }
+    wait_for("idle connections gone", Duration::from_secs(10), || {
+        app.status()["reading_heads"] == 0
+    });
+    let after = rss_kib(app.pid());
+    println!("master RSS: {before} KiB before, {after} KiB after");
+    assert!(after < 16 * 1024, "the master holds {after} KiB");
+    assert!(
+        after < before + 8 * 1024,
+        "grew from {before} to {after} KiB"
+    );
+}
