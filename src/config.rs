@@ -102,6 +102,13 @@ pub struct Timeouts {
     /// How long a worker has between SIGTERM and SIGKILL.
     #[serde(deserialize_with = "millis")]
     pub stop_ms: Duration,
+    /// How long a new worker (scale, reload) may take to become ready.
+    #[serde(deserialize_with = "millis")]
+    pub ready_ms: Duration,
+    /// How long a worker being removed keeps serving its sessions, taking
+    /// no new ones, before it is stopped (its clients then reconnect).
+    #[serde(deserialize_with = "millis")]
+    pub drain_ms: Duration,
 }
 
 impl Default for Timeouts {
@@ -110,6 +117,8 @@ impl Default for Timeouts {
             head_ms: Duration::from_secs(10),
             worker_wait_ms: Duration::from_secs(10),
             stop_ms: Duration::from_secs(5),
+            ready_ms: Duration::from_secs(30),
+            drain_ms: Duration::from_secs(2),
         }
     }
 }
@@ -163,6 +172,8 @@ struct RawConfig {
     timeouts: Timeouts,
     #[serde(default)]
     limits: Limits,
+    #[serde(default)]
+    control_group: Option<String>,
 }
 
 /// A validated app configuration.
@@ -184,6 +195,9 @@ pub struct AppConfig {
     pub listen: Vec<SocketAddr>,
     pub timeouts: Timeouts,
     pub limits: Limits,
+    /// Members of this group may scale and reload the app (besides root
+    /// and the master's own user).
+    pub control_group: Option<String>,
 }
 
 /// A config error: the file, the field (if one is to blame), and what is wrong.
@@ -285,6 +299,14 @@ impl AppConfig {
                 format!("{} is not a directory", cwd.display()),
             ));
         }
+        if let Some(g) = &raw.control_group {
+            if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
+                return Err(err(
+                    Some("control_group".into()),
+                    format!("no group named {g:?}"),
+                ));
+            }
+        }
         let l = &raw.limits;
         if l.max_head_bytes < 256 || l.max_head_bytes > 1 << 20 {
             return Err(err(
@@ -310,6 +332,7 @@ impl AppConfig {
             listen: raw.listen,
             timeouts: raw.timeouts,
             limits: raw.limits,
+            control_group: raw.control_group,
         })
     }
 

@@ -9,6 +9,28 @@ use std::net::SocketAddr;
 #[serde(tag = "cmd", rename_all = "lowercase")]
 pub enum Request {
     Status,
+    /// Run this many workers (kept across master restarts under systemd).
+    Scale {
+        instances: u16,
+    },
+    /// Replace every worker, one at a time.
+    Reload,
+}
+
+impl Request {
+    /// Whether only privileged peers may ask (root, the master's own user,
+    /// or members of the app's `control_group`).
+    pub fn changes_things(&self) -> bool {
+        !matches!(self, Request::Status)
+    }
+}
+
+/// A worker's resource use, from systemd's cgroup accounting.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Usage {
+    pub memory_bytes: Option<u64>,
+    pub cpu_ns: Option<u64>,
+    pub restarts: Option<u32>,
 }
 
 /// A worker in a status report.
@@ -20,6 +42,8 @@ pub struct WorkerStatus {
     pub pid: Option<u32>,
     /// Bytes queued to this worker's agent.
     pub queued_bytes: usize,
+    /// Under systemd: memory, CPU and restarts of the worker's unit.
+    pub usage: Option<Usage>,
 }
 
 impl WorkerStatus {
@@ -34,6 +58,7 @@ impl WorkerStatus {
             sessions: view.sessions,
             pid,
             queued_bytes,
+            usage: None,
         }
     }
 }
@@ -95,9 +120,36 @@ impl Status {
     }
 }
 
+/// `1234567` as `1,234,567`.
+pub fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// Answers to a request: any number of `Progress`, then one of the others.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Response {
     Status(Box<Status>),
+    Progress(String),
+    Done(String),
     Error(String),
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn thousands() {
+        assert_eq!(super::thousands(0), "0");
+        assert_eq!(super::thousands(999), "999");
+        assert_eq!(super::thousands(1234), "1,234");
+        assert_eq!(super::thousands(1234567), "1,234,567");
+    }
 }

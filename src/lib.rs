@@ -19,6 +19,7 @@
 //! * [`nodeipc`] and [`nodeipc::channel`]: Node's IPC protocol, parent side.
 //! * [`agent`]: `sio worker APP:N`, the parent of one Node worker.
 //! * [`up`]: `sio up`, master and agents in the foreground.
+//! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator.
 //! * [`control`]: `sioctl` requests and answers.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
 
@@ -34,5 +35,6 @@ pub mod master;
 pub mod nodeipc;
 pub mod shutdown;
 pub mod sid;
+pub mod systemd;
 pub mod up;
 pub mod wire;

@@ -1,7 +1,6 @@
-//! `sio up`: the embedded default. Runs the master of each app and its
-//! worker agents in the foreground, without systemd (a laptop, a
-//! container). SIGINT or SIGTERM stops everything; agents and workers die
-//! with it even if it is killed outright.
+//! Running masters: `sio up` (the embedded default: master and agents in
+//! the foreground, for a laptop or a container) and `sio master` (one app,
+//! under systemd). SIGINT or SIGTERM stops everything started here.
 
 use crate::config::AppConfig;
 use crate::listen::Listeners;
@@ -10,6 +9,15 @@ use crate::master::Master;
 use crate::shutdown::{self, termination_signal};
 use std::future::Future;
 use tracing::info;
+
+/// Who runs the workers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// The master spawns its agents (`sio up`).
+    Embedded,
+    /// Worker units started over D-Bus (`sio master` under systemd).
+    Systemd,
+}
 
 /// Runs a future on the single-threaded runtime every sio process uses.
 pub fn block_on<F: Future>(f: F) -> F::Output {
@@ -21,14 +29,20 @@ pub fn block_on<F: Future>(f: F) -> F::Output {
 }
 
 /// Runs the given apps until a termination signal.
-pub async fn run(configs: Vec<AppConfig>) -> std::io::Result<()> {
+pub async fn run(configs: Vec<AppConfig>, mode: Mode) -> std::io::Result<()> {
     let (trigger, shutdown) = shutdown::channel();
     // Open everything before starting anything: a port or bus in use stops
     // the whole start with one error.
     let mut ready = Vec::new();
     for cfg in configs {
         let listeners = Listeners::open(&cfg)?;
-        let master = Master::new(cfg, &listeners, Supervisor::embedded(shutdown.clone())?)?;
+        let supervisor = match mode {
+            Mode::Embedded => Supervisor::embedded(shutdown.clone())?,
+            Mode::Systemd => Supervisor::systemd(&cfg.app).await.map_err(|e| {
+                std::io::Error::other(format!("cannot reach systemd over D-Bus: {e}"))
+            })?,
+        };
+        let master = Master::new(cfg, &listeners, supervisor)?;
         ready.push((master, listeners));
     }
     let running: Vec<_> = ready

@@ -99,7 +99,7 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         }
     };
     let pid = child.id().unwrap_or(0);
-    info!(app = %cfg.app, slot, pid, "worker started");
+    info!(app = %cfg.app, worker = slot, pid, "worker started");
     let agent = Rc::new(Agent {
         cfg,
         slot,
@@ -121,6 +121,7 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         },
         refused = master => Exit::Failed(refused.unwrap_or_else(|e| e.to_string())),
         _ = termination_signal() => {
+            crate::systemd::notify::stopping();
             agent.stop_worker(&mut child, pid).await;
             Exit::Stopped
         }
@@ -142,6 +143,17 @@ fn spawn_worker(
     cmd.args(&cfg.command[1..])
         .current_dir(&cfg.cwd)
         .envs(&cfg.env);
+    // What systemd gave the agent is the agent's, not the worker's.
+    for var in [
+        "NOTIFY_SOCKET",
+        "WATCHDOG_USEC",
+        "WATCHDOG_PID",
+        "LISTEN_FDS",
+        "LISTEN_PID",
+        "LISTEN_FDNAMES",
+    ] {
+        cmd.env_remove(var);
+    }
     let fd = channel.raw();
     cmd.env("NODE_CHANNEL_FD", fd.to_string())
         .env("NODE_CHANNEL_SERIALIZATION_MODE", "advanced")
@@ -187,7 +199,7 @@ impl Agent {
             .await
             .is_err()
         {
-            warn!(app = %self.cfg.app, slot = self.slot, pid, "worker ignored SIGTERM for {:?}: SIGKILL", self.cfg.timeouts.stop_ms);
+            warn!(app = %self.cfg.app, worker = self.slot, pid, "worker ignored SIGTERM for {:?}: SIGKILL", self.cfg.timeouts.stop_ms);
             let _ = child.kill().await;
         }
     }
@@ -225,11 +237,11 @@ impl Agent {
             let payload = match reader.next(self.node.link()).await {
                 Ok(Some(p)) => p,
                 Ok(None) => {
-                    return debug!(app = %self.cfg.app, slot = self.slot, "worker closed its channel")
+                    return debug!(app = %self.cfg.app, worker = self.slot, "worker closed its channel")
                 }
                 Err(e) if is_disconnect(&e) => return,
                 Err(e) => {
-                    return error!(app = %self.cfg.app, slot = self.slot, "worker channel: {e}")
+                    return error!(app = %self.cfg.app, worker = self.slot, "worker channel: {e}")
                 }
             };
             match nodeipc::classify(payload) {
@@ -242,7 +254,7 @@ impl Agent {
                     self.on_node_message(msg, frame);
                 }
                 Err(e) => {
-                    warn!(app = %self.cfg.app, slot = self.slot, "undecodable message from the worker ({e}); ignored")
+                    warn!(app = %self.cfg.app, worker = self.slot, "undecodable message from the worker ({e}); ignored")
                 }
             }
         }
@@ -257,7 +269,7 @@ impl Agent {
             }
             FromChild::HandleNack => {
                 if let Some(id) = self.node.nacked() {
-                    warn!(app = %self.cfg.app, slot = self.slot, "worker did not receive a connection after retries; handed back");
+                    warn!(app = %self.cfg.app, worker = self.slot, "worker did not receive a connection after retries; handed back");
                     self.to_master(ToMaster::HandoffFailed(id));
                 }
             }
@@ -268,7 +280,7 @@ impl Agent {
                 port,
                 address_type,
             } => {
-                warn!(app = %self.cfg.app, slot = self.slot, port, "the worker called listen(): ignored, connections come from the sio master");
+                warn!(app = %self.cfg.app, worker = self.slot, port, "the worker called listen(): ignored, connections come from the sio master");
                 self.node.send_frame(
                     nodeipc::query_server_reply_frame(&seq, address.as_deref(), port, address_type)
                         .into(),
@@ -278,7 +290,7 @@ impl Agent {
                 .node
                 .send_frame(nodeipc::cluster_ack_frame(&seq).into()),
             FromChild::OtherInternal(cmd) => {
-                debug!(app = %self.cfg.app, slot = self.slot, cmd, "internal message ignored")
+                debug!(app = %self.cfg.app, worker = self.slot, cmd, "internal message ignored")
             }
             FromChild::SessionOpened(sid) => {
                 self.held.borrow_mut().sessions.insert(sid.clone());
@@ -289,7 +301,8 @@ impl Agent {
                 self.to_master(ToMaster::SessionClosed(sid));
             }
             FromChild::Ready => {
-                info!(app = %self.cfg.app, slot = self.slot, "worker ready");
+                info!(app = %self.cfg.app, worker = self.slot, "worker ready");
+                crate::systemd::notify::ready("worker ready");
                 self.held.borrow_mut().ready = true;
                 self.to_master(ToMaster::Ready);
             }
@@ -308,7 +321,9 @@ impl Agent {
                     frame: frame.expect("adapter frames are kept"),
                 });
             }
-            FromChild::App => debug!(app = %self.cfg.app, slot = self.slot, "app message ignored"),
+            FromChild::App => {
+                debug!(app = %self.cfg.app, worker = self.slot, "app message ignored")
+            }
         }
     }
 
@@ -325,11 +340,11 @@ impl Agent {
                     if let Err(refusal) = self.session(Link::new(stream)).await {
                         return refusal;
                     }
-                    info!(app = %self.cfg.app, slot = self.slot, "master gone; the worker keeps running, reconnecting");
+                    info!(app = %self.cfg.app, worker = self.slot, "master gone; the worker keeps running, reconnecting");
                 }
                 Err(e) if !announced_wait => {
                     announced_wait = true;
-                    info!(app = %self.cfg.app, slot = self.slot, "waiting for the master ({e})");
+                    info!(app = %self.cfg.app, worker = self.slot, "waiting for the master ({e})");
                 }
                 Err(_) => {}
             }
@@ -373,7 +388,7 @@ impl Agent {
                 Ok(None) => break Ok(()),
                 Err(e) => {
                     if !is_disconnect(&e) {
-                        warn!(app = %self.cfg.app, slot = self.slot, "bus: {e}");
+                        warn!(app = %self.cfg.app, worker = self.slot, "bus: {e}");
                     }
                     break Ok(());
                 }
@@ -382,16 +397,16 @@ impl Agent {
                 Ok(ToAgent::Handoff(id)) => match reader.fds.pop_front() {
                     Some(fd) => self.node.send_handle(id, fd),
                     None => {
-                        error!(app = %self.cfg.app, slot = self.slot, id, "handoff without a file descriptor");
+                        error!(app = %self.cfg.app, worker = self.slot, id, "handoff without a file descriptor");
                         self.to_master(ToMaster::HandoffFailed(id));
                     }
                 },
                 Ok(ToAgent::Adapter(frame)) => self.node.send_frame(Bytes::from(frame)),
                 Ok(other) => {
-                    debug!(app = %self.cfg.app, slot = self.slot, ?other, "unexpected frame from the master")
+                    debug!(app = %self.cfg.app, worker = self.slot, ?other, "unexpected frame from the master")
                 }
                 Err(e) => {
-                    warn!(app = %self.cfg.app, slot = self.slot, "bad frame from the master: {e}");
+                    warn!(app = %self.cfg.app, worker = self.slot, "bad frame from the master: {e}");
                     break Ok(());
                 }
             }

@@ -3,6 +3,7 @@
 
 use clap::{Parser, Subcommand};
 use sio::config::{AppConfig, ConfigError, DEFAULT_CONFIG_DIR};
+use sio::up::Mode;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -28,6 +29,20 @@ enum Command {
         /// Folder of APP.json files.
         #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
         config_dir: PathBuf,
+        /// Who runs the workers: systemd units (when run by systemd), or
+        /// agents spawned by the master.
+        #[arg(long, value_enum, default_value_t = Supervision::Auto)]
+        supervisor: Supervision,
+    },
+    /// The systemd generator: writes each app's `listen` addresses as a
+    /// drop-in for sio@APP.socket (installed as sio-generator).
+    Generate {
+        /// The generator's output folder ("normal"); systemd passes three.
+        out: PathBuf,
+        #[arg(hide = true)]
+        rest: Vec<PathBuf>,
+        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
     },
     /// Run the agent of one worker, APP:N (what sio-worker@APP:N.service runs).
     Worker {
@@ -39,6 +54,13 @@ enum Command {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Supervision {
+    Auto,
+    Systemd,
+    Embedded,
 }
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
@@ -78,21 +100,39 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
-            match sio::up::block_on(sio::up::run(configs)) {
+            match sio::up::block_on(sio::up::run(configs, Mode::Embedded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }
-        Command::Master { app, config_dir } => {
+        Command::Master {
+            app,
+            config_dir,
+            supervisor,
+        } => {
             let cfg = match load_app(&config_dir, &app) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            match sio::up::block_on(sio::up::run(vec![cfg])) {
+            let mode = match supervisor {
+                Supervision::Systemd => Mode::Systemd,
+                Supervision::Embedded => Mode::Embedded,
+                Supervision::Auto if sio::systemd::notify::under_systemd() => Mode::Systemd,
+                Supervision::Auto => Mode::Embedded,
+            };
+            match sio::up::block_on(sio::up::run(vec![cfg], mode)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
             }
         }
+        Command::Generate {
+            out,
+            rest: _,
+            config_dir,
+        } => match sio::systemd::generator::generate(&config_dir, &out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(format!("generator: {e}")),
+        },
         Command::Worker {
             instance,
             config_dir,

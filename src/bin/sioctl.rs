@@ -1,39 +1,77 @@
-//! `sioctl`: the operator's tool (PM2's verbs on top of systemd).
+//! `sioctl`: the operator's tool, PM2's verbs on top of systemd.
+//!
+//! Read commands (`ls`, `status`) take `--json`. `scale` and `reload` are
+//! checked by the master itself: only root, the master's user or the app's
+//! `control_group` may run them.
 
 use clap::{Parser, Subcommand};
-use sio::control::{Request, Response, Status};
+use sio::config::{AppConfig, DEFAULT_CONFIG_DIR};
+use sio::control::{thousands, Request, Response, Status};
 use sio::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
 use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr, UnixStream};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "sioctl", version, about = "Operate sio apps")]
+#[command(
+    name = "sioctl",
+    version,
+    about = "Operate sio apps (PM2's verbs, on systemd)"
+)]
 struct Cli {
+    /// Folder of APP.json files.
+    #[arg(long, global = true, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+    config_dir: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
 #[derive(Subcommand)]
 enum Command {
-    /// Workers, their state and sessions.
-    Status {
-        app: String,
-        /// Machine-readable output.
+    /// Every configured app, and whether its master runs.
+    Ls {
         #[arg(long)]
         json: bool,
     },
+    /// Workers, their state, sessions, memory, CPU and restarts.
+    Status {
+        /// One app (default: every configured app).
+        app: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run N workers (kept across master restarts).
+    Scale { app: String, instances: u16 },
+    /// Replace every worker, one at a time, never fewer ready than before.
+    Reload { app: String },
+    /// The journal of the master and all workers of APP.
+    Logs {
+        app: String,
+        /// Keep following.
+        #[arg(short, long)]
+        follow: bool,
+        /// Lines to show.
+        #[arg(short = 'n', long, default_value_t = 100)]
+        lines: u32,
+    },
 }
 
-/// One request to an app's master over its bus.
+/// One request to an app's master over its bus; progress lines are printed
+/// as they come.
 fn ask(app: &str, request: &Request) -> Result<Response, String> {
     let name = wire::bus_address(app);
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
     let mut s = UnixStream::connect_addr(&addr)
-        .map_err(|e| format!("no master of {app:?} is running (bus @{name}: {e})"))?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| format!("the master of {app:?} is not running (bus @{name}: {e})"))?;
+    let timeout = if matches!(request, Request::Status) {
+        10
+    } else {
+        3600
+    };
+    s.set_read_timeout(Some(Duration::from_secs(timeout)))
         .map_err(|e| e.to_string())?;
     let mut out = Vec::new();
     ToMaster::Hello {
@@ -57,11 +95,18 @@ fn ask(app: &str, request: &Request) -> Result<Response, String> {
             ToAgent::Welcome { .. } => continue,
             ToAgent::Refused(why) => return Err(format!("the master refused: {why}")),
             ToAgent::ControlReply(json) => {
-                return serde_json::from_slice(&json).map_err(|e| format!("bad answer: {e}"))
+                match serde_json::from_slice(&json).map_err(|e| format!("bad answer: {e}"))? {
+                    Response::Progress(line) => println!("{app}: {line}"),
+                    other => return Ok(other),
+                }
             }
             _ => return Err("unexpected answer".into()),
         }
     }
+}
+
+fn mib(bytes: Option<u64>) -> String {
+    bytes.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
 }
 
 fn print_status(s: &Status) {
@@ -78,38 +123,140 @@ fn print_status(s: &Status) {
         }
     );
     println!(
-        "{:<6} {:<10} {:>8} {:>9}",
-        "SLOT", "STATE", "PID", "SESSIONS"
+        "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+        "WORKER", "STATE", "PID", "SESSIONS", "MEMORY", "CPU", "RESTARTS"
     );
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
-        println!("{:<6} {:<10} {:>8} {:>9}", w.slot, w.state, pid, w.sessions);
+        let u = w.usage.clone().unwrap_or_default();
+        let cpu = u
+            .cpu_ns
+            .map_or("-".into(), |ns| format!("{:.1}s", ns as f64 / 1e9));
+        let restarts = u.restarts.map_or("-".into(), |r| r.to_string());
+        println!(
+            "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            w.slot,
+            w.state,
+            pid,
+            thousands(u64::from(w.sessions)),
+            mib(u.memory_bytes),
+            cpu,
+            restarts
+        );
+    }
+}
+
+fn apps(cli: &Cli) -> Result<Vec<String>, String> {
+    Ok(AppConfig::load_dir(&cli.config_dir)
+        .map_err(|e| e.to_string())?
+        .into_iter()
+        .map(|c| c.app)
+        .collect())
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("sioctl: {e}");
+    ExitCode::FAILURE
+}
+
+fn run_change(app: &str, request: Request) -> ExitCode {
+    match ask(app, &request) {
+        Ok(Response::Done(msg)) => {
+            println!("{app}: {msg}");
+            ExitCode::SUCCESS
+        }
+        Ok(Response::Error(e)) => fail(e),
+        Ok(_) => fail("unexpected answer"),
+        Err(e) => fail(e),
     }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Status { app, json } => match ask(&app, &Request::Status) {
-            Ok(Response::Status(s)) => {
-                if json {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&s).expect("status serializes")
-                    );
-                } else {
-                    print_status(&s);
+    match &cli.command {
+        Command::Ls { json } => {
+            let apps = match apps(&cli) {
+                Ok(a) => a,
+                Err(e) => return fail(e),
+            };
+            let rows: Vec<serde_json::Value> = apps
+                .iter()
+                .map(|app| match ask(app, &Request::Status) {
+                    Ok(Response::Status(s)) => serde_json::json!({"app": app, "running": true, "summary": s.summary(), "ready": s.ready_workers(), "workers": s.workers.len(), "sessions": s.sessions}),
+                    _ => serde_json::json!({"app": app, "running": false}),
+                })
+                .collect();
+            if *json {
+                println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
+            } else {
+                for r in &rows {
+                    let state = if r["running"] == true {
+                        r["summary"].as_str().unwrap_or("").to_owned()
+                    } else {
+                        "not running".into()
+                    };
+                    println!("{:<20} {state}", r["app"].as_str().unwrap_or(""));
                 }
-                ExitCode::SUCCESS
             }
-            Ok(Response::Error(e)) => {
-                eprintln!("sioctl: {e}");
-                ExitCode::FAILURE
+            ExitCode::SUCCESS
+        }
+        Command::Status { app, json } => {
+            let apps = match app {
+                Some(a) => vec![a.clone()],
+                None => match apps(&cli) {
+                    Ok(a) => a,
+                    Err(e) => return fail(e),
+                },
+            };
+            let mut all = Vec::new();
+            for app in &apps {
+                match ask(app, &Request::Status) {
+                    Ok(Response::Status(s)) => all.push(*s),
+                    Ok(Response::Error(e)) => return fail(e),
+                    Ok(_) => return fail("unexpected answer"),
+                    Err(e) => return fail(e),
+                }
             }
-            Err(e) => {
-                eprintln!("sioctl: {e}");
-                ExitCode::FAILURE
+            if *json {
+                let out = if app.is_some() {
+                    serde_json::to_string_pretty(&all[0])
+                } else {
+                    serde_json::to_string_pretty(&all)
+                };
+                println!("{}", out.expect("status serializes"));
+            } else {
+                for s in &all {
+                    print_status(s);
+                }
             }
-        },
+            ExitCode::SUCCESS
+        }
+        Command::Scale { app, instances } => run_change(
+            app,
+            Request::Scale {
+                instances: *instances,
+            },
+        ),
+        Command::Reload { app } => run_change(app, Request::Reload),
+        Command::Logs { app, follow, lines } => {
+            let mut cmd = std::process::Command::new("journalctl");
+            cmd.args([
+                "-u",
+                &format!("sio@{app}.service"),
+                "-u",
+                &format!("sio-worker@{app}:*.service"),
+                "-n",
+                &lines.to_string(),
+                "--no-pager",
+            ]);
+            if *follow {
+                cmd.arg("-f");
+            }
+            match cmd.status() {
+                Ok(s) if s.success() => ExitCode::SUCCESS,
+                Ok(s) => fail(format!("journalctl: {s}")),
+                Err(e) => fail(format!("cannot run journalctl: {e}")),
+            }
+        }
     }
 }

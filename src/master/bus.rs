@@ -11,7 +11,7 @@ use super::{Master, Peer};
 use crate::control::{Request, Response};
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
 use crate::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
-use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
 use std::collections::HashMap;
 use std::os::linux::net::SocketAddrExt;
 use std::rc::Rc;
@@ -83,12 +83,6 @@ impl Master {
                 let _ = link.write_loop().await;
             }
         });
-        let me = nix::unistd::geteuid().as_raw();
-        if creds.uid() != me && creds.uid() != 0 {
-            self.st.borrow_mut().counters.refused_peers += 1;
-            warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
-            return refuse(&link, "permission denied: uid not allowed on this bus");
-        }
         let mut reader = FrameReader::new(Prefix::Bus, MAX_HELLO);
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next(&link)).await {
             Ok(Ok(Some(body))) => ToMaster::decode(body),
@@ -115,6 +109,15 @@ impl Master {
         reader.set_max(wire::MAX_FRAME);
         match role {
             Role::Agent { app, slot, pid } => {
+                let me = nix::unistd::geteuid().as_raw();
+                if creds.uid() != me && creds.uid() != 0 {
+                    self.st.borrow_mut().counters.refused_peers += 1;
+                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
+                    return refuse(
+                        &link,
+                        "permission denied: uid not allowed to serve this app",
+                    );
+                }
                 if app != self.cfg.app {
                     return refuse(
                         &link,
@@ -122,7 +125,7 @@ impl Master {
                     );
                 }
                 if !self.st.borrow_mut().router.connected(slot) {
-                    warn!(app = %self.cfg.app, slot, pid, "second agent for one slot refused");
+                    warn!(app = %self.cfg.app, worker = slot, pid, "second agent for one slot refused");
                     return refuse(&link, &format!("slot {slot} already has an agent"));
                 }
                 self.st.borrow_mut().peers.insert(
@@ -141,7 +144,7 @@ impl Master {
                     .into(),
                     None,
                 );
-                info!(app = %self.cfg.app, slot, pid, "worker connected");
+                info!(app = %self.cfg.app, worker = slot, pid, "worker connected");
                 self.worker_changed();
                 self.serve_agent(slot, &link, reader).await;
                 self.agent_gone(slot);
@@ -155,7 +158,7 @@ impl Master {
                     .into(),
                     None,
                 );
-                self.serve_control(&link, reader).await;
+                self.serve_control(&link, reader, creds).await;
                 link.close();
             }
         }
@@ -170,23 +173,25 @@ impl Master {
                 Ok(Some(body)) => body,
                 Ok(None) => return,
                 Err(e) if is_disconnect(&e) => return,
-                Err(e) => return warn!(app = %self.cfg.app, slot, "agent link failed: {e}"),
+                Err(e) => {
+                    return warn!(app = %self.cfg.app, worker = slot, "agent link failed: {e}")
+                }
             };
             let msg = match ToMaster::decode(body) {
                 Ok(m) => m,
                 Err(e) => {
-                    return warn!(app = %self.cfg.app, slot, "agent sent a bad frame ({e}): dropped")
+                    return warn!(app = %self.cfg.app, worker = slot, "agent sent a bad frame ({e}): dropped")
                 }
             };
             let now = Instant::now();
             match msg {
                 ToMaster::Ready => {
                     self.st.borrow_mut().router.ready(slot);
-                    info!(app = %self.cfg.app, slot, "worker ready");
+                    info!(app = %self.cfg.app, worker = slot, "worker ready");
                     self.worker_changed();
                 }
                 ToMaster::SessionOpened(sid) => {
-                    debug!(app = %self.cfg.app, slot, sid = %sid, "session opened");
+                    debug!(app = %self.cfg.app, worker = slot, sid = %sid, "session opened");
                     self.st.borrow_mut().router.session_opened(slot, &sid, now);
                 }
                 ToMaster::SessionClosed(sid) => {
@@ -227,7 +232,7 @@ impl Master {
                                 .is_none_or(|t| now.duration_since(t) > DROP_WARNING_EVERY)
                             {
                                 last_drop_warning = Some(now);
-                                warn!(app = %self.cfg.app, slot = target, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
+                                warn!(app = %self.cfg.app, worker = target, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
                             }
                             continue;
                         }
@@ -236,25 +241,96 @@ impl Master {
                     }
                 }
                 ToMaster::Hello { .. } | ToMaster::Control(_) => {
-                    return warn!(app = %self.cfg.app, slot, "agent sent an unexpected frame: dropped");
+                    return warn!(app = %self.cfg.app, worker = slot, "agent sent an unexpected frame: dropped");
                 }
             }
         }
     }
 
-    async fn serve_control(self: &Rc<Self>, link: &Link, mut reader: FrameReader) {
+    /// Operators: anyone may read the status; scaling and reloading need
+    /// root, the master's own user, or the app's `control_group`.
+    async fn serve_control(
+        self: &Rc<Self>,
+        link: &Link,
+        mut reader: FrameReader,
+        creds: UnixCredentials,
+    ) {
+        let reply = |r: &Response| {
+            link.send(
+                ToAgent::ControlReply(serde_json::to_vec(r).expect("responses serialize"))
+                    .to_frame()
+                    .into(),
+                None,
+            )
+        };
         while let Ok(Some(body)) = reader.next(link).await {
-            let response = match ToMaster::decode(body) {
-                Ok(ToMaster::Control(json)) => match serde_json::from_slice::<Request>(&json) {
-                    Ok(Request::Status) => Response::Status(Box::new(self.status())),
-                    Err(e) => Response::Error(format!("bad request: {e}")),
-                },
+            let request = match ToMaster::decode(body) {
+                Ok(ToMaster::Control(json)) => serde_json::from_slice::<Request>(&json),
                 _ => return,
             };
-            let json = serde_json::to_vec(&response).expect("responses serialize");
-            link.send(ToAgent::ControlReply(json).to_frame().into(), None);
+            let progress = |line: String| reply(&Response::Progress(line));
+            let response = match request {
+                Err(e) => Response::Error(format!("bad request: {e}")),
+                Ok(r) if r.changes_things() && !self.privileged(&creds) => {
+                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), request = ?r, "permission denied");
+                    Response::Error(format!(
+                        "permission denied: changing {} needs root, the master's user{}",
+                        self.cfg.app,
+                        match &self.cfg.control_group {
+                            Some(g) => format!(" or group {g}"),
+                            None => String::new(),
+                        }
+                    ))
+                }
+                Ok(Request::Status) => Response::Status(Box::new(self.status_with_usage().await)),
+                Ok(Request::Scale { instances })
+                    if !(1..=crate::sid::MAX_SLOT).contains(&instances) =>
+                {
+                    Response::Error(format!(
+                        "cannot scale to {instances}: from 1 to {} workers",
+                        crate::sid::MAX_SLOT
+                    ))
+                }
+                Ok(Request::Scale { instances }) => match self.scale(instances, &progress).await {
+                    Ok(done) => Response::Done(done),
+                    Err(e) => Response::Error(e),
+                },
+                Ok(Request::Reload) => match self.reload(&progress).await {
+                    Ok(done) => Response::Done(done),
+                    Err(e) => Response::Error(e),
+                },
+            };
+            reply(&response);
         }
     }
+
+    fn privileged(&self, creds: &UnixCredentials) -> bool {
+        if creds.uid() == 0 || creds.uid() == nix::unistd::geteuid().as_raw() {
+            return true;
+        }
+        let Some(group) = self
+            .cfg
+            .control_group
+            .as_deref()
+            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        else {
+            return false;
+        };
+        let gid = group.gid.as_raw();
+        creds.gid() == gid || supplementary_groups(creds.pid()).contains(&gid)
+    }
+}
+
+/// A process's supplementary groups (SO_PEERCRED carries only the primary one).
+fn supplementary_groups(pid: i32) -> Vec<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let line = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Groups:"))
+        .unwrap_or("");
+    line.split_whitespace()
+        .filter_map(|g| g.parse().ok())
+        .collect()
 }
 
 /// Says why, then hangs up.

@@ -13,6 +13,7 @@
 
 mod accept;
 mod bus;
+mod fleet;
 
 pub use bus::connect as connect_bus;
 pub mod router;
@@ -91,6 +92,12 @@ pub struct Master {
     room: Notify,
     supervisor: Supervisor,
     stopping: Cell<bool>,
+    /// How many workers should run (config, or the last `sioctl scale`).
+    desired: Cell<u16>,
+    /// Scale and reload, one at a time.
+    ops: tokio::sync::Mutex<()>,
+    /// Woken (all waiters) whenever a worker's state changes.
+    workers_changed: Notify,
     /// Peek buffer shared by all connections (peeking does not consume, so
     /// nothing needs to be kept between peeks).
     scratch: RefCell<Vec<u8>>,
@@ -104,6 +111,8 @@ impl Master {
         supervisor: Supervisor,
     ) -> std::io::Result<Rc<Master>> {
         let scratch = RefCell::new(vec![0; cfg.limits.max_head_bytes]);
+        let desired =
+            Cell::new(fleet::saved_instances(&cfg.app).unwrap_or_else(|| cfg.instances.resolve()));
         let bus = RefCell::new(Some(bus::listen(&cfg.app)?));
         Ok(Rc::new(Master {
             bus,
@@ -113,8 +122,11 @@ impl Master {
             st: RefCell::default(),
             waiting_changed: Notify::new(),
             room: Notify::new(),
+            desired,
             supervisor,
             stopping: Cell::new(false),
+            ops: tokio::sync::Mutex::new(()),
+            workers_changed: Notify::new(),
             scratch,
         }))
     }
@@ -124,49 +136,50 @@ impl Master {
     }
 
     /// Runs until `shutdown`, then stops cleanly: no new connections, heads
-    /// being read are finished, waiting ones answered, workers stopped if
-    /// this master owns them (`sio up`).
-    pub async fn run(self: Rc<Self>, listeners: Listeners, shutdown: Shutdown) {
+    /// being read and connections waiting for a worker are finished (within
+    /// bounds), and the workers are stopped if they stop with the master.
+    pub async fn run(self: Rc<Self>, listeners: Listeners, mut shutdown: Shutdown) {
         let bus = self.bus.borrow_mut().take().expect("a master runs once");
-        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %crate::wire::bus_address(&self.cfg.app), "master started");
-        let mut tasks = Vec::new();
-        for l in listeners.sockets {
-            tasks.push(tokio::task::spawn_local(
-                self.clone().accept_loop(l, shutdown.clone()),
-            ));
-        }
-        let bus = tokio::task::spawn_local(self.clone().bus_loop(bus));
-        tokio::task::spawn_local(self.clone().expire_waiting(shutdown.clone()));
-        let instances = self.cfg.instances.resolve();
-        for slot in 1..=instances {
-            self.st.borrow_mut().router.expect(slot);
-            self.supervisor.start(&self.cfg, slot);
-        }
-        info!(app = %self.cfg.app, instances, "starting workers");
-        let mut shutdown = shutdown;
+        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %crate::wire::bus_address(&self.cfg.app), instances = self.desired.get(), "master started");
+        let accepting: Vec<_> = listeners
+            .sockets
+            .into_iter()
+            .map(|l| tokio::task::spawn_local(self.clone().accept_loop(l, shutdown.clone())))
+            .collect();
+        let background = [
+            tokio::task::spawn_local(self.clone().bus_loop(bus)),
+            tokio::task::spawn_local(self.clone().expire_waiting()),
+            tokio::task::spawn_local(self.clone().report_to_systemd()),
+            tokio::task::spawn_local(self.clone().bring_up()),
+        ];
         shutdown.recv().await;
         self.stopping.set(true);
+        crate::systemd::notify::stopping();
         info!(app = %self.cfg.app, "stopping: no new connections");
-        for t in tasks {
+        for t in accepting {
             let _ = t.await;
         }
         self.finish().await;
-        bus.abort();
+        for t in background {
+            t.abort();
+        }
+        info!(app = %self.cfg.app, "master stopped");
     }
 
     /// After accepting stopped: lets started work end, within bounds.
     async fn finish(self: &Rc<Self>) {
-        let deadline = Instant::now() + self.cfg.timeouts.head_ms.min(Duration::from_secs(5));
+        let until = |limit: Duration| Instant::now() + limit.min(Duration::from_secs(5));
+        let deadline = until(self.cfg.timeouts.head_ms);
         while self.st.borrow().reading_heads > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let owns_workers = self.supervisor.owns_workers();
-        if owns_workers {
-            // Workers stop with us: whoever still waits for one will not get it.
-            let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
-            for w in waiting {
-                self.answer(w.conn, http_head::response::NO_WORKER);
-            }
+        let deadline = until(self.cfg.timeouts.worker_wait_ms);
+        while !self.st.borrow().waiting.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
+        for w in waiting {
+            self.count_and_answer(w.conn, http_head::response::NO_WORKER);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
         while self
@@ -179,10 +192,13 @@ impl Master {
         {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if owns_workers {
-            self.supervisor.shutdown(&self.cfg).await;
+        if self.supervisor.workers_stop_with_master().await {
+            let slots = self.st.borrow().router.slots();
+            info!(app = %self.cfg.app, workers = ?slots, "stopping the workers");
+            self.supervisor.stop_all(&self.cfg, &slots).await;
+        } else {
+            info!(app = %self.cfg.app, "workers keep running for the next master");
         }
-        info!(app = %self.cfg.app, "master stopped");
     }
 
     /// Routes a connection whose head is complete: hands it off, or parks it.
@@ -194,7 +210,7 @@ impl Master {
             Route::To(slot) => {
                 let Some(peer) = st.peers.get_mut(&slot) else {
                     // Router and peers move together; this is a bug, not a client's fault.
-                    warn!(slot, "routable worker without an agent");
+                    warn!(worker = slot, "routable worker without an agent");
                     st.waiting.push_back(Waiting {
                         conn,
                         head,
@@ -206,7 +222,7 @@ impl Master {
                 let id = st.next_handoff;
                 st.next_handoff += 1;
                 st.router.handed_off(slot, &head, now);
-                debug!(app = %self.cfg.app, slot, sid = head.sid.as_deref().unwrap_or(""), handshake = head.handshake, "handoff");
+                debug!(app = %self.cfg.app, worker = slot, sid = head.sid.as_deref().unwrap_or(""), handshake = head.handshake, "handoff");
                 let conn = Rc::new(conn);
                 peer.link
                     .send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
@@ -246,7 +262,7 @@ impl Master {
     }
 
     /// Answers 503 to connections that waited too long for a worker.
-    async fn expire_waiting(self: Rc<Self>, mut shutdown: Shutdown) {
+    async fn expire_waiting(self: Rc<Self>) {
         let limit = self.cfg.timeouts.worker_wait_ms;
         loop {
             let oldest = self.st.borrow().waiting.iter().map(|w| w.since).min();
@@ -259,7 +275,6 @@ impl Master {
             tokio::select! {
                 _ = sleep => {}
                 _ = self.waiting_changed.notified() => continue,
-                _ = shutdown.recv() => if self.supervisor.owns_workers() { return },
             }
             let now = Instant::now();
             let expired: Vec<_> = {
@@ -302,9 +317,11 @@ impl Master {
         }
     }
 
-    /// A worker became routable (connected or ready).
+    /// A worker's state changed: waiting connections may have somewhere
+    /// to go now, and whoever waits for a state hears of it.
     fn worker_changed(&self) {
         self.retry_waiting();
+        self.workers_changed.notify_waiters();
     }
 
     /// The agent of `slot` disconnected: route its unconfirmed connections
@@ -320,9 +337,9 @@ impl Master {
         };
         peer.link.close();
         if self.stopping.get() {
-            info!(app = %self.cfg.app, slot, pid = peer.pid, "worker stopped");
+            info!(app = %self.cfg.app, worker = slot, pid = peer.pid, "worker stopped");
         } else {
-            warn!(app = %self.cfg.app, slot, pid = peer.pid, unconfirmed = peer.in_flight.len(), adapters = adapters.len(), "worker left");
+            warn!(app = %self.cfg.app, worker = slot, pid = peer.pid, unconfirmed = peer.in_flight.len(), adapters = adapters.len(), "worker left");
         }
         for (uid, nsp) in &adapters {
             let frame: crate::handoff::Bytes =
@@ -336,6 +353,16 @@ impl Master {
         for (_, flight) in peer.in_flight {
             self.reroute(flight);
         }
+        self.workers_changed.notify_waiters();
+    }
+
+    /// The status, with each worker's resource use (under systemd).
+    pub async fn status_with_usage(&self) -> Status {
+        let mut status = self.status();
+        for w in &mut status.workers {
+            w.usage = self.supervisor.usage(w.slot).await;
+        }
+        status
     }
 
     pub fn status(&self) -> Status {

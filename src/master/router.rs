@@ -241,6 +241,25 @@ impl Router {
             .collect()
     }
 
+    /// Slots in any state.
+    pub fn slots(&self) -> Vec<u16> {
+        self.workers.keys().copied().collect()
+    }
+
+    /// Slots of workers that are not being removed.
+    pub fn active_slots(&self) -> Vec<u16> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| w.state != WorkerState::Draining)
+            .map(|(&s, _)| s)
+            .collect()
+    }
+
+    /// The lowest slot not in use.
+    pub fn free_slot(&self) -> Option<u16> {
+        (1..=sid::MAX_SLOT).find(|s| !self.workers.contains_key(s))
+    }
+
     pub fn count(&self, state: WorkerState) -> usize {
         self.workers.values().filter(|w| w.state == state).count()
     }

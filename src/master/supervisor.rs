@@ -4,21 +4,25 @@
 //!   APP:N` itself, restarts an agent that exits (with backoff), and stops
 //!   them all when it stops. Agents die with the master
 //!   (`PR_SET_PDEATHSIG`): no orphans even after a SIGKILL.
-//!
-//! Under systemd the workers are units with a life of their own (the next
-//! step adds that variant).
+//! * [`Supervisor::Systemd`] (`sio master` under systemd): workers are
+//!   `sio-worker@APP:N.service` units with a life of their own, started and
+//!   stopped over D-Bus. systemd restarts them; a master restart leaves them
+//!   running (the new master adopts them); only a real stop of the master's
+//!   unit stops them too.
 
 use crate::config::AppConfig;
+use crate::control::Usage;
 use crate::shutdown::Shutdown;
+use crate::systemd::Workers;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::cell::RefCell;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tracing::{error, info, warn};
+use tracing::{error, warn};
 
 /// An agent that ran this long before exiting resets the restart backoff.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
@@ -27,6 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 pub enum Supervisor {
     Embedded(Rc<Embedded>),
+    Systemd(Rc<Workers>),
 }
 
 impl Supervisor {
@@ -35,31 +40,78 @@ impl Supervisor {
         Ok(Supervisor::Embedded(Rc::new(Embedded {
             exe: std::env::current_exe()?,
             running: RefCell::default(),
+            retired: RefCell::default(),
             shutdown,
             exited: Notify::new(),
         })))
     }
 
-    /// Whether the workers stop when the master stops.
-    pub fn owns_workers(&self) -> bool {
+    pub async fn systemd(app: &str) -> zbus::Result<Supervisor> {
+        Ok(Supervisor::Systemd(Rc::new(Workers::connect(app).await?)))
+    }
+
+    /// Workers already running when the master starts (to adopt).
+    pub async fn existing(&self) -> Vec<u16> {
         match self {
-            Supervisor::Embedded(_) => true,
+            Supervisor::Embedded(_) => Vec::new(),
+            Supervisor::Systemd(w) => w.live_slots().await,
         }
     }
 
-    /// Starts the worker of `slot` and keeps it running.
-    pub fn start(&self, cfg: &AppConfig, slot: u16) {
+    /// Starts the worker of `slot` (and keeps it running).
+    pub async fn start(&self, cfg: &AppConfig, slot: u16) -> Result<(), String> {
         match self {
             Supervisor::Embedded(e) => {
+                e.retired.borrow_mut().remove(&slot);
                 tokio::task::spawn_local(e.clone().keep_running(cfg.clone(), slot));
+                Ok(())
+            }
+            Supervisor::Systemd(w) => w.start(slot).await,
+        }
+    }
+
+    /// Stops the worker of `slot` for good; returns once it is gone.
+    pub async fn stop(&self, cfg: &AppConfig, slot: u16) -> Result<(), String> {
+        match self {
+            Supervisor::Embedded(e) => {
+                e.retired.borrow_mut().insert(slot);
+                e.stop(cfg, &[slot]).await;
+                Ok(())
+            }
+            Supervisor::Systemd(w) => w.stop(slot).await,
+        }
+    }
+
+    /// Whether the workers must stop because the master stops now.
+    pub async fn workers_stop_with_master(&self) -> bool {
+        match self {
+            Supervisor::Embedded(_) => true,
+            Supervisor::Systemd(w) => w.stop_is_final().await,
+        }
+    }
+
+    /// Stops every worker (the master stops for good).
+    pub async fn stop_all(&self, cfg: &AppConfig, slots: &[u16]) {
+        match self {
+            Supervisor::Embedded(e) => {
+                let running: Vec<u16> = e.running.borrow().keys().copied().collect();
+                e.stop(cfg, &running).await;
+            }
+            Supervisor::Systemd(w) => {
+                let stops = slots.iter().map(|&s| w.stop(s));
+                for r in futures_util::future::join_all(stops).await {
+                    if let Err(e) = r {
+                        warn!(app = %cfg.app, "{e}");
+                    }
+                }
             }
         }
     }
 
-    /// Stops every worker: SIGTERM, then SIGKILL after the stop timeout.
-    pub async fn shutdown(&self, cfg: &AppConfig) {
+    pub async fn usage(&self, slot: u16) -> Option<Usage> {
         match self {
-            Supervisor::Embedded(e) => e.shutdown(cfg).await,
+            Supervisor::Embedded(_) => None,
+            Supervisor::Systemd(w) => w.usage(slot).await,
         }
     }
 }
@@ -68,14 +120,20 @@ pub struct Embedded {
     exe: PathBuf,
     /// Slot -> pid of the running agent.
     running: RefCell<BTreeMap<u16, u32>>,
+    /// Slots stopped on purpose: not restarted.
+    retired: RefCell<BTreeSet<u16>>,
     shutdown: Shutdown,
     exited: Notify,
 }
 
 impl Embedded {
+    fn keeps(&self, slot: u16) -> bool {
+        !self.shutdown.is_shutdown() && !self.retired.borrow().contains(&slot)
+    }
+
     async fn keep_running(self: Rc<Self>, cfg: AppConfig, slot: u16) {
         let mut backoff = FIRST_BACKOFF;
-        while !self.shutdown.is_shutdown() {
+        while self.keeps(slot) {
             let mut cmd = tokio::process::Command::new(&self.exe);
             cmd.arg("worker")
                 .arg(format!("{}:{slot}", cfg.app))
@@ -95,7 +153,7 @@ impl Embedded {
             let mut child = match cmd.spawn() {
                 Ok(c) => c,
                 Err(e) => {
-                    error!(app = %cfg.app, slot, "cannot start agent {}: {e}", self.exe.display());
+                    error!(app = %cfg.app, worker = slot, "cannot start agent {}: {e}", self.exe.display());
                     tokio::time::sleep(MAX_BACKOFF).await;
                     continue;
                 }
@@ -105,37 +163,45 @@ impl Embedded {
             let status = child.wait().await;
             self.running.borrow_mut().remove(&slot);
             self.exited.notify_waiters();
-            if self.shutdown.is_shutdown() {
+            if !self.keeps(slot) {
                 return;
             }
             if started.elapsed() > STABLE_AFTER {
                 backoff = FIRST_BACKOFF;
             }
-            warn!(app = %cfg.app, slot, pid, status = ?status.ok(), "agent exited; restarting in {} ms", backoff.as_millis());
+            warn!(app = %cfg.app, worker = slot, pid, status = ?status.ok(), "agent exited; restarting in {} ms", backoff.as_millis());
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
         }
     }
 
-    async fn shutdown(&self, cfg: &AppConfig) {
-        let signal_all = |sig: Signal| {
-            for &pid in self.running.borrow().values() {
-                let _ = kill(Pid::from_raw(pid as i32), sig);
+    /// SIGTERM to the agents of `slots`, SIGKILL after the stop timeout.
+    async fn stop(&self, cfg: &AppConfig, slots: &[u16]) {
+        let signal = |sig: Signal| {
+            for slot in slots {
+                if let Some(&pid) = self.running.borrow().get(slot) {
+                    let _ = kill(Pid::from_raw(pid as i32), sig);
+                }
             }
         };
-        signal_all(Signal::SIGTERM);
+        let left = || {
+            slots
+                .iter()
+                .filter(|s| self.running.borrow().contains_key(s))
+                .count()
+        };
+        signal(Signal::SIGTERM);
         // The agent gives Node `stop_ms`; allow it a little on top.
         let deadline = Instant::now() + cfg.timeouts.stop_ms + Duration::from_secs(1);
-        while !self.running.borrow().is_empty() {
+        while left() > 0 {
             if tokio::time::timeout_at(deadline.into(), self.exited.notified())
                 .await
                 .is_err()
             {
-                warn!(app = %cfg.app, left = self.running.borrow().len(), "workers did not stop in time: SIGKILL");
-                signal_all(Signal::SIGKILL);
+                warn!(app = %cfg.app, left = left(), "agents did not stop in time: SIGKILL");
+                signal(Signal::SIGKILL);
                 break;
             }
         }
-        info!(app = %cfg.app, "workers stopped");
     }
 }

@@ -2,6 +2,8 @@
 //! socket.io-client scenarios (`tests/node/*.js`).
 #![allow(dead_code)] // each test binary uses a different part
 
+pub mod sandbox;
+
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -271,4 +273,73 @@ pub fn node(script: &str, args: &[&str]) -> Value {
 
 pub fn in_file(path: &Path) -> String {
     fs::read_to_string(path).unwrap_or_default()
+}
+
+/// `tests/node/hold.js`: clients that stay connected while a test changes
+/// things under them.
+pub struct Holder {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+    /// Clients per worker when they connected.
+    pub by_worker: Value,
+}
+
+impl Holder {
+    pub fn start(port: u16, clients: usize, transports: &str) -> Holder {
+        use std::io::BufRead;
+        ensure_node_modules();
+        let mut child = Command::new("node")
+            .arg(node_dir().join("hold.js"))
+            .args([port.to_string(), clients.to_string(), transports.to_owned()])
+            .current_dir(node_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let ready = lines.next().expect("hold.js says READY").unwrap();
+        let by_worker = serde_json::from_str::<Value>(
+            ready
+                .strip_prefix("READY ")
+                .unwrap_or_else(|| panic!("{ready}")),
+        )
+        .unwrap()["byWorker"]
+            .clone();
+        Holder {
+            child,
+            lines,
+            by_worker,
+        }
+    }
+
+    fn say(&mut self, line: &str) {
+        use std::io::Write;
+        writeln!(self.child.stdin.as_mut().unwrap(), "{line}").unwrap();
+    }
+
+    /// Starts opening fresh connections continuously.
+    pub fn probe(&mut self) {
+        self.say("probe");
+    }
+
+    pub fn report(mut self) -> Value {
+        self.say("report");
+        let line = self
+            .lines
+            .find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned))
+            .expect("hold.js reports");
+        let _ = self.child.wait();
+        serde_json::from_str(&line).unwrap()
+    }
+}
+
+/// Disconnects of the clients that first connected to `worker` (e.g. "w1").
+pub fn disconnects_of(report: &Value, worker: &str) -> u64 {
+    report["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["first"] == worker)
+        .map(|c| c["disconnects"].as_u64().unwrap())
+        .sum()
 }

@@ -1,0 +1,210 @@
+//! How many workers run, and replacing them: adopting workers that survived
+//! a master restart, scaling, and the rolling reload.
+//!
+//! One operation at a time (`Master::ops`). Scaling down and reloading
+//! *drain* a worker first: it takes no new sessions, keeps its own for
+//! `timeouts.drain_ms`, then is stopped, and its clients reconnect to the
+//! others. A reload starts each replacement and waits until it is ready
+//! before it drains the worker it replaces, so at least N workers are
+//! ready throughout.
+
+use super::Master;
+use crate::master::router::WorkerState;
+use futures_util::future::join_all;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tracing::{error, info};
+
+/// Where the worker count set by `sioctl scale` is kept across restarts:
+/// `$SIO_STATE_DIR`, or systemd's `StateDirectory=`. Without either
+/// (`sio up`), a scale lasts as long as the master.
+fn state_file(app: &str) -> Option<PathBuf> {
+    let dir = std::env::var_os("SIO_STATE_DIR").or_else(|| std::env::var_os("STATE_DIRECTORY"))?;
+    let first = dir
+        .to_string_lossy()
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    Some(PathBuf::from(first).join(format!("{app}.instances")))
+}
+
+pub(super) fn saved_instances(app: &str) -> Option<u16> {
+    let text = std::fs::read_to_string(state_file(app)?).ok()?;
+    text.trim().parse().ok().filter(|&n| n >= 1)
+}
+
+fn save_instances(app: &str, n: u16) -> std::io::Result<()> {
+    let Some(path) = state_file(app) else {
+        return Ok(());
+    };
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, format!("{n}\n"))?;
+    std::fs::rename(tmp, path)
+}
+
+/// Progress lines for the operator, as the operation goes.
+pub(super) type Progress<'a> = &'a dyn Fn(String);
+
+impl Master {
+    /// At start: adopt the workers that are already running (a master
+    /// restart under systemd), then start or stop workers to reach the count.
+    pub(super) async fn bring_up(self: Rc<Self>) {
+        let _op = self.ops.lock().await;
+        let adopted = self.supervisor.existing().await;
+        for &slot in &adopted {
+            self.st.borrow_mut().router.expect(slot);
+        }
+        if !adopted.is_empty() {
+            info!(app = %self.cfg.app, workers = ?adopted, "adopting running workers");
+        }
+        if let Err(e) = self
+            .reconcile(&|line| info!(app = %self.cfg.app, "{line}"))
+            .await
+        {
+            error!(app = %self.cfg.app, "{e}");
+        }
+    }
+
+    /// Starts or retires workers until `desired` are active.
+    async fn reconcile(&self, progress: Progress<'_>) -> Result<String, String> {
+        let desired = usize::from(self.desired.get());
+        let active = self.st.borrow().router.active_slots();
+        if active.len() < desired {
+            let mut new = Vec::new();
+            for _ in active.len()..desired {
+                let mut st = self.st.borrow_mut();
+                let slot = st.router.free_slot().ok_or("no free worker slot")?;
+                st.router.expect(slot);
+                new.push(slot);
+            }
+            progress(format!("starting workers {new:?}"));
+            let started = join_all(new.iter().map(|&s| self.start_and_wait(s))).await;
+            started.into_iter().collect::<Result<Vec<()>, String>>()?;
+            Ok(format!("{desired} workers ready"))
+        } else if active.len() > desired {
+            let extra = &active[desired..];
+            progress(format!("draining and stopping workers {extra:?}"));
+            join_all(extra.iter().map(|&s| self.retire(s)))
+                .await
+                .into_iter()
+                .collect::<Result<Vec<()>, String>>()?;
+            Ok(format!("{desired} workers"))
+        } else {
+            Ok(format!("{desired} workers already"))
+        }
+    }
+
+    async fn start_and_wait(&self, slot: u16) -> Result<(), String> {
+        if let Err(e) = self.supervisor.start(&self.cfg, slot).await {
+            self.st.borrow_mut().router.forget(slot);
+            return Err(e);
+        }
+        self.wait_ready(slot).await
+    }
+
+    /// Waits until the worker in `slot` is ready, up to `timeouts.ready_ms`.
+    async fn wait_ready(&self, slot: u16) -> Result<(), String> {
+        let deadline = Instant::now() + self.cfg.timeouts.ready_ms;
+        loop {
+            if self.st.borrow().router.state(slot) == Some(WorkerState::Ready) {
+                return Ok(());
+            }
+            let changed = self.workers_changed.notified();
+            if tokio::time::timeout_at(deadline.into(), changed)
+                .await
+                .is_err()
+            {
+                return Err(format!(
+                    "worker {slot} was not ready within {:?}",
+                    self.cfg.timeouts.ready_ms
+                ));
+            }
+        }
+    }
+
+    /// Drains a worker, then stops it.
+    async fn retire(&self, slot: u16) -> Result<(), String> {
+        self.st.borrow_mut().router.drain(slot);
+        self.worker_changed();
+        tokio::time::sleep(self.cfg.timeouts.drain_ms).await;
+        let result = self.supervisor.stop(&self.cfg, slot).await;
+        // A worker that never connected has no agent to say goodbye.
+        let mut st = self.st.borrow_mut();
+        if !st.peers.contains_key(&slot) {
+            st.router.forget(slot);
+        }
+        drop(st);
+        self.worker_changed();
+        result
+    }
+
+    pub(super) async fn scale(&self, n: u16, progress: Progress<'_>) -> Result<String, String> {
+        let _op = self.ops.lock().await;
+        save_instances(&self.cfg.app, n)
+            .map_err(|e| format!("cannot save the worker count: {e}"))?;
+        self.desired.set(n);
+        info!(app = %self.cfg.app, instances = n, "scaling");
+        self.reconcile(progress).await
+    }
+
+    /// Replaces every worker, one at a time: start the new one, wait until
+    /// it is ready, drain the old one, stop it.
+    pub(super) async fn reload(&self, progress: Progress<'_>) -> Result<String, String> {
+        let _op = self.ops.lock().await;
+        let old = self.st.borrow().router.active_slots();
+        info!(app = %self.cfg.app, workers = ?old, "rolling reload");
+        for (i, &slot) in old.iter().enumerate() {
+            let new = {
+                let mut st = self.st.borrow_mut();
+                let new = st.router.free_slot().ok_or("no free worker slot")?;
+                st.router.expect(new);
+                new
+            };
+            self.start_and_wait(new)
+                .await
+                .map_err(|e| format!("reload stopped, worker {slot} kept: {e}"))?;
+            self.retire(slot).await?;
+            progress(format!(
+                "worker {slot} replaced by worker {new} ({}/{})",
+                i + 1,
+                old.len()
+            ));
+        }
+        Ok(format!("reloaded {} workers", old.len()))
+    }
+
+    /// Under systemd: `READY=1` once the configured workers are ready, a
+    /// `STATUS=` line whenever it changes, `WATCHDOG=1` from this event loop.
+    pub(super) async fn report_to_systemd(self: Rc<Self>) {
+        use crate::systemd::notify;
+        if !notify::under_systemd() {
+            return;
+        }
+        if let Some(every) = notify::watchdog_interval() {
+            tokio::task::spawn_local(async move {
+                loop {
+                    notify::watchdog();
+                    tokio::time::sleep(every).await;
+                }
+            });
+        }
+        let mut ready_sent = false;
+        let mut last = String::new();
+        loop {
+            let status = self.status();
+            let summary = status.summary();
+            if !ready_sent && status.ready_workers() >= usize::from(self.desired.get()) {
+                notify::ready(&summary);
+                ready_sent = true;
+                last = summary;
+            } else if summary != last {
+                notify::status(&summary);
+                last = summary;
+            }
+            let _ =
+                tokio::time::timeout(Duration::from_secs(1), self.workers_changed.notified()).await;
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! systemd as the supervisor: worker units started and stopped over D-Bus,
+//! readiness and status through `sd_notify`, the socket unit's addresses
+//! from a generator.
+//!
+//! Every job follows the same pattern (subscribe, call, wait for the
+//! matching `JobRemoved`, anything but `done` is a failure), with a time
+//! limit so that a stuck job never wedges the master.
+
+pub mod dbus;
+pub mod generator;
+pub mod notify;
+
+use crate::control::Usage;
+use dbus::{JobProxy, ManagerProxy, ServiceProxy, UnitProxy};
+use futures_util::StreamExt;
+use std::time::Duration;
+
+/// Longest a start or stop job may take before the master gives up on it.
+const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The unit of worker `slot` of `app`.
+pub fn worker_unit(app: &str, slot: u16) -> String {
+    format!("sio-worker@{app}:{slot}.service")
+}
+
+/// The master's unit.
+pub fn master_unit(app: &str) -> String {
+    format!("sio@{app}.service")
+}
+
+/// An app's worker units, managed through systemd's D-Bus API.
+pub struct Workers {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+    app: String,
+}
+
+impl Workers {
+    pub async fn connect(app: &str) -> zbus::Result<Workers> {
+        let conn = zbus::Connection::system().await?;
+        let manager = ManagerProxy::new(&conn).await?;
+        manager.subscribe().await?;
+        Ok(Workers {
+            conn,
+            manager,
+            app: app.to_owned(),
+        })
+    }
+
+    async fn job(&self, unit: &str, start: bool) -> Result<(), String> {
+        let mut removed = self
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(|e| e.to_string())?;
+        let verb = if start { "start" } else { "stop" };
+        let job = if start {
+            self.manager.start_unit(unit, "replace").await
+        } else {
+            self.manager.stop_unit(unit, "replace").await
+        };
+        let job = match job {
+            Ok(j) => j,
+            // Stopping a unit systemd does not know: nothing to stop.
+            Err(zbus::Error::MethodError(name, _, _))
+                if !start && name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+            {
+                return Ok(())
+            }
+            Err(e) => return Err(format!("{verb} {unit}: {e}")),
+        };
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if *args.job() == job {
+                    return match args.result().as_str() {
+                        "done" => Ok(()),
+                        other => Err(format!(
+                            "{verb} {unit}: job {other} (see journalctl -u {unit})"
+                        )),
+                    };
+                }
+            }
+            Err(format!("{verb} {unit}: lost the D-Bus connection"))
+        };
+        tokio::time::timeout(JOB_TIMEOUT, wait)
+            .await
+            .unwrap_or_else(|_| Err(format!("{verb} {unit}: no answer in {JOB_TIMEOUT:?}")))
+    }
+
+    pub async fn start(&self, slot: u16) -> Result<(), String> {
+        self.job(&worker_unit(&self.app, slot), true).await
+    }
+
+    pub async fn stop(&self, slot: u16) -> Result<(), String> {
+        self.job(&worker_unit(&self.app, slot), false).await
+    }
+
+    /// Slots whose units are running or starting (after a master restart:
+    /// the workers to adopt).
+    pub async fn live_slots(&self) -> Vec<u16> {
+        let pattern = format!("sio-worker@{}:*.service", self.app);
+        let rows = self
+            .manager
+            .list_units_by_patterns(&["active", "activating", "reloading"], &[pattern.as_str()])
+            .await
+            .unwrap_or_default();
+        let prefix = format!("sio-worker@{}:", self.app);
+        let mut slots: Vec<u16> = rows
+            .iter()
+            .filter_map(|r| {
+                r.0.strip_prefix(&prefix)?
+                    .strip_suffix(".service")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        slots.sort_unstable();
+        slots
+    }
+
+    /// Whether the master's own unit is being stopped for good (a stop job),
+    /// rather than restarted: only then do the workers stop with it.
+    pub async fn stop_is_final(&self) -> bool {
+        matches!(self.own_job_type().await, Ok(Some(t)) if t == "stop")
+    }
+
+    async fn own_job_type(&self) -> zbus::Result<Option<String>> {
+        let path = self.manager.get_unit(&master_unit(&self.app)).await?;
+        let unit = UnitProxy::builder(&self.conn).path(path)?.build().await?;
+        let (id, job) = unit.job().await?;
+        if id == 0 {
+            return Ok(None);
+        }
+        let job = JobProxy::builder(&self.conn).path(job)?.build().await?;
+        Ok(Some(job.job_type().await?))
+    }
+
+    /// Memory, CPU and restarts of a worker, from systemd's accounting.
+    pub async fn usage(&self, slot: u16) -> Option<Usage> {
+        let path = self
+            .manager
+            .get_unit(&worker_unit(&self.app, slot))
+            .await
+            .ok()?;
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .ok()?
+            .build()
+            .await
+            .ok()?;
+        let valid = |v: u64| (v != u64::MAX).then_some(v);
+        Some(Usage {
+            memory_bytes: service.memory_current().await.ok().and_then(valid),
+            cpu_ns: service.cpu_usage_nsec().await.ok().and_then(valid),
+            restarts: service.n_restarts().await.ok(),
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! A real systemd per test: PID 1 of its own PID + mount + cgroup
+//! namespaces, with only journald, D-Bus and the repo's units (their
+//! `/usr/bin/sio*` paths pointed at the fresh build). The network namespace
+//! is shared, so its sockets are reachable on 127.0.0.1 directly.
+//!
+//! Pitfalls avoided (see the design notes): the unit path never ends with
+//! `:` (that would pull in the host's units, and systemd-tmpfiles would wipe
+//! the host's /tmp); the sandbox gets a cgroup of its own in every hierarchy
+//! and unmounts the host's cgroup tree, so sandboxes never see each other.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const STUB_TARGETS: &[&str] = &[
+    "sysinit",
+    "basic",
+    "sockets",
+    "shutdown",
+    "timers",
+    "paths",
+    "slices",
+    "network",
+    "network-online",
+    "multi-user",
+    "default",
+];
+const HOST_UNITS: &[&str] = &[
+    "systemd-journald.service",
+    "systemd-journald.socket",
+    "systemd-journald-dev-log.socket",
+    "dbus.service",
+    "dbus.socket",
+];
+
+pub struct Sandbox {
+    pub dir: PathBuf,
+    pub config_dir: PathBuf,
+    /// `unshare`, the parent of the sandbox's PID 1.
+    enter: std::process::Child,
+    /// The sandbox's PID 1 (0 until it is found).
+    pid: u32,
+}
+
+fn sh(script: &str) -> Output {
+    Command::new("sh").arg("-c").arg(script).output().unwrap()
+}
+
+impl Sandbox {
+    /// Boots a sandbox whose /etc/sio is `configs` (name, JSON).
+    pub fn boot(name: &str, configs: &[(&str, serde_json::Value)]) -> Sandbox {
+        // Not under /tmp: the units run with PrivateTmp=yes.
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{name}"));
+        let _ = fs::remove_dir_all(&dir);
+        let units = dir.join("units");
+        let config_dir = dir.join("etc-sio");
+        let state_dir = dir.join("state");
+        let generators = dir.join("generators");
+        for d in [&units, &config_dir, &state_dir, &generators] {
+            fs::create_dir_all(d).unwrap();
+        }
+        for (app, cfg) in configs {
+            fs::write(
+                config_dir.join(format!("{app}.json")),
+                serde_json::to_vec_pretty(cfg).unwrap(),
+            )
+            .unwrap();
+        }
+        for t in STUB_TARGETS {
+            fs::write(
+                units.join(format!("{t}.target")),
+                format!("[Unit]\nDescription=sandbox stub {t}\n"),
+            )
+            .unwrap();
+        }
+        for u in HOST_UNITS {
+            fs::copy(Path::new("/lib/systemd/system").join(u), units.join(u)).unwrap();
+        }
+        let sio = env!("CARGO_BIN_EXE_sio");
+        let sioctl = env!("CARGO_BIN_EXE_sioctl");
+        let repo_units = super::repo().join("systemd");
+        for unit in ["sio@.socket", "sio@.service", "sio-worker@.service"] {
+            let text = fs::read_to_string(repo_units.join(unit)).unwrap();
+            fs::write(
+                units.join(unit),
+                text.replace("/usr/bin/sioctl", sioctl)
+                    .replace("/usr/bin/sio ", &format!("{sio} ")),
+            )
+            .unwrap();
+        }
+        let env = format!(
+            "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n",
+            config_dir.display(),
+            state_dir.display(),
+            state_dir.display()
+        );
+        for unit in ["sio@.service", "sio-worker@.service"] {
+            let d = units.join(format!("{unit}.d"));
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("50-test.conf"), &env).unwrap();
+        }
+        let generator = fs::read_to_string(repo_units.join("sio-generator")).unwrap();
+        let generator = generator.replace(
+            "exec /usr/bin/sio ",
+            &format!("SIO_CONFIG_DIR={} exec {sio} ", config_dir.display()),
+        );
+        fs::write(generators.join("sio-generator"), generator).unwrap();
+        sh(&format!(
+            "chmod +x {}",
+            generators.join("sio-generator").display()
+        ));
+
+        let boot = format!(
+            "#!/bin/sh\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd\numount -R /sys/fs/cgroup\n\
+             export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator\nexport SYSTEMD_GENERATOR_PATH={generators}\n\
+             export container=sio-test\nexec /lib/systemd/systemd --system --unit=default.target\n",
+            units = units.display(),
+            generators = generators.display()
+        );
+        let cg = format!("sio-test-{name}");
+        let enter = format!(
+            r#"#!/bin/sh
+for h in /sys/fs/cgroup/*/; do
+  h=${{h%/}}; name=${{h##*/}}
+  case $name in unified) pat='^0::' ;; systemd) pat='^[0-9]+:name=systemd:' ;; *) pat="^[0-9]+:$name:" ;; esac
+  here=$(grep -E "$pat" /proc/self/cgroup | head -1 | cut -d: -f3)
+  [ "$here" = / ] && here=
+  mkdir -p $h$here/{cg} 2>/dev/null && echo $h$here/{cg} >> {dir}/cgroups && echo $$ 2>/dev/null > $h$here/{cg}/cgroup.procs
+done
+exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {dir}/boot
+"#,
+            dir = dir.display()
+        );
+        fs::write(dir.join("boot"), boot).unwrap();
+        fs::write(dir.join("enter"), enter).unwrap();
+        sh(&format!("chmod +x {0}/boot {0}/enter", dir.display()));
+        let console = fs::File::create(dir.join("console.log")).unwrap();
+        let enter = Command::new("setsid")
+            .arg(dir.join("enter"))
+            .stdin(Stdio::null())
+            .stdout(console.try_clone().unwrap())
+            .stderr(console)
+            .spawn()
+            .unwrap();
+        // From here on, dropping the sandbox cleans up, whatever fails.
+        let mut sandbox = Sandbox {
+            dir,
+            config_dir,
+            enter,
+            pid: 0,
+        };
+        // PID 1 of the sandbox: the child of `unshare`, which `enter` became.
+        let t0 = Instant::now();
+        sandbox.pid = loop {
+            if let Some(&p) = super::children_of(sandbox.enter.id()).first() {
+                let cmdline = fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default();
+                if cmdline.starts_with("/lib/systemd/systemd") {
+                    break p;
+                }
+            }
+            let console = fs::read_to_string(sandbox.dir.join("console.log")).unwrap_or_default();
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "sandbox systemd did not start: {console}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let t0 = Instant::now();
+        loop {
+            let state = sandbox.exec(&["systemctl", "is-system-running"]);
+            let state = String::from_utf8_lossy(&state.stdout);
+            if state.starts_with("running") || state.starts_with("degraded") {
+                break;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "sandbox not running: {state}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sandbox.systemctl(&[
+            "start",
+            "systemd-journald.socket",
+            "systemd-journald-dev-log.socket",
+            "systemd-journald.service",
+            "dbus.socket",
+            "dbus.service",
+        ]);
+        sandbox
+    }
+
+    /// Runs a command inside the sandbox (its PID and mount namespaces).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        Command::new("nsenter")
+            .arg("-t")
+            .arg(self.pid.to_string())
+            .args(["-p", "-m"])
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `systemctl ARGS`, which must succeed; returns its stdout.
+    pub fn systemctl(&self, args: &[&str]) -> String {
+        let out = self.exec(&[&["systemctl"], args].concat());
+        assert!(
+            out.status.success(),
+            "systemctl {args:?}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.journal(&["-n", "60"])
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub fn journal(&self, args: &[&str]) -> String {
+        let out = self.exec(&[&["journalctl", "--no-pager"], args].concat());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// `sioctl ARGS` inside the sandbox (as root unless `uid` is given).
+    pub fn sioctl(&self, args: &[&str], uid: Option<u32>) -> Output {
+        let mut full: Vec<String> = Vec::new();
+        if let Some(u) = uid {
+            full.extend([
+                "setpriv".into(),
+                format!("--reuid={u}"),
+                format!("--regid={u}"),
+                "--clear-groups".into(),
+            ]);
+        }
+        full.push(env!("CARGO_BIN_EXE_sioctl").into());
+        full.extend(["--config-dir".into(), self.config_dir.display().to_string()]);
+        full.extend(args.iter().map(|a| a.to_string()));
+        let refs: Vec<&str> = full.iter().map(String::as_str).collect();
+        self.exec(&refs)
+    }
+
+    /// `sioctl status APP --json`.
+    pub fn status(&self, app: &str) -> Option<serde_json::Value> {
+        let out = self.sioctl(&["status", app, "--json"], None);
+        out.status
+            .success()
+            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+    }
+
+    pub fn wait_status(
+        &self,
+        app: &str,
+        what: &str,
+        timeout: Duration,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        let t0 = Instant::now();
+        loop {
+            if let Some(s) = self.status(app) {
+                if ok(&s) {
+                    return s;
+                }
+            }
+            assert!(
+                t0.elapsed() < timeout,
+                "timed out waiting for {what}; status {:?}\n{}",
+                self.status(app),
+                self.journal(&["-n", "80"])
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Names of the loaded `sio-worker@APP:*` units that are active.
+    pub fn active_workers(&self, app: &str) -> Vec<String> {
+        let out = self.systemctl(&[
+            "list-units",
+            "--state=active",
+            "--no-legend",
+            "--plain",
+            &format!("sio-worker@{app}:*"),
+        ]);
+        let mut units: Vec<String> = out
+            .lines()
+            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+            .collect();
+        units.sort();
+        units
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        std::thread::sleep(Duration::from_millis(300));
+        for cg in fs::read_to_string(self.dir.join("cgroups"))
+            .unwrap_or_default()
+            .lines()
+        {
+            let _ = sh(&format!(
+                "[ -d '{cg}' ] && find '{cg}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null"
+            ));
+        }
+        if !std::thread::panicking() {
+            let _ = fs::remove_dir_all(&self.dir);
+        }
+    }
+}
