@@ -146,9 +146,10 @@ fn a_worker_that_dies_mid_handoff_loses_no_connection() {
 #[test]
 fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     let app = App::start(1);
-    // The real sioctl, run as nobody.
-    let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
-        .args(["status", &app.name])
+    // A real agent, run as nobody, claiming a worker slot.
+    let out = Command::new(env!("CARGO_BIN_EXE_sio"))
+        .args(["worker", &format!("{}:9", app.name), "--config"])
+        .arg(&app.config)
         .uid(65534)
         .gid(65534)
         .output()
@@ -156,13 +157,26 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("the master refused: permission denied"),
+        err.contains("the master refused this agent: permission denied"),
         "{err}"
     );
     wait_for("the refusal logged", Duration::from_secs(5), || {
         app.log()
             .contains("refused bus peer: its uid is neither the master's nor root's")
     });
+    // An operator of another uid may read, not change.
+    let sioctl = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_sioctl"))
+            .args(args)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .unwrap()
+    };
+    assert!(sioctl(&["status", &app.name]).status.success());
+    let out = sioctl(&["scale", &app.name, "3"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
     // Same uid, but garbage instead of a hello.
     let name = format!("sio/{}", app.name);
     let addr =
@@ -177,6 +191,11 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     let _ = s.read_to_end(&mut rest);
     let status = app.status();
     assert_eq!(status["counters"]["refused_peers"], 1, "{status}");
+    assert_eq!(
+        status["workers"].as_array().unwrap().len(),
+        1,
+        "no worker 9: {status}"
+    );
     assert_eq!(
         App::ready_workers(&status),
         1,
