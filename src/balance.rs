@@ -54,11 +54,7 @@ impl Load {
     }
 
     fn expire(&mut self, now: Instant) {
-        while self
-            .pending
-            .front()
-            .is_some_and(|&t| now.duration_since(t) > PENDING_TTL)
-        {
+        while self.pending.front().is_some_and(|&t| now.duration_since(t) > PENDING_TTL) {
             self.pending.pop_front();
         }
     }
@@ -111,11 +107,7 @@ mod tests {
         let mut loads = vec![Load::default(); 4];
         let mut b = Balancer::default();
         for _ in 0..400 {
-            let cands: Vec<_> = loads
-                .iter_mut()
-                .enumerate()
-                .map(|(i, l)| (i as u16 + 1, l.value(now)))
-                .collect();
+            let cands: Vec<_> = loads.iter_mut().enumerate().map(|(i, l)| (i as u16 + 1, l.value(now))).collect();
             let slot = b.pick(cands).unwrap();
             loads[usize::from(slot) - 1].handshake_sent(now);
         }
@@ -125,9 +117,7 @@ mod tests {
     #[test]
     fn ties_rotate_even_without_load() {
         let mut b = Balancer::default();
-        let picks: Vec<_> = (0..6)
-            .map(|_| b.pick([(1, 0), (2, 0), (3, 0)]).unwrap())
-            .collect();
+        let picks: Vec<_> = (0..6).map(|_| b.pick([(1, 0), (2, 0), (3, 0)]).unwrap()).collect();
         assert_eq!(picks, [1, 2, 3, 1, 2, 3]);
     }
 

@@ -27,9 +27,7 @@ impl Instances {
     pub fn resolve(self) -> u16 {
         match self {
             Instances::Count(n) => n,
-            Instances::Max => {
-                std::thread::available_parallelism().map_or(1, |n| n.get().min(4095) as u16)
-            }
+            Instances::Max => std::thread::available_parallelism().map_or(1, |n| n.get().min(4095) as u16),
         }
     }
 }
@@ -59,21 +57,18 @@ fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Erro
         One(String),
         Many(Vec<String>),
     }
-    let list = match Raw::deserialize(d)
-        .map_err(|_| serde::de::Error::custom("expected \"host:port\" or a list of them"))?
-    {
-        Raw::One(s) => vec![s],
-        Raw::Many(v) => v,
-    };
+    let list =
+        match Raw::deserialize(d).map_err(|_| serde::de::Error::custom("expected \"host:port\" or a list of them"))? {
+            Raw::One(s) => vec![s],
+            Raw::Many(v) => v,
+        };
     if list.is_empty() {
         return Err(serde::de::Error::custom("needs at least one \"host:port\""));
     }
     list.iter()
         .map(|s| {
             s.parse().map_err(|_| {
-                serde::de::Error::custom(format!(
-                    "{s:?} is not an IP address with a port, like \"127.0.0.1:3000\""
-                ))
+                serde::de::Error::custom(format!("{s:?} is not an IP address with a port, like \"127.0.0.1:3000\""))
             })
         })
         .collect()
@@ -82,9 +77,7 @@ fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Erro
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let ms = u64::deserialize(d)?;
     if ms == 0 {
-        return Err(serde::de::Error::custom(
-            "must be at least 1 (milliseconds)",
-        ));
+        return Err(serde::de::Error::custom("must be at least 1 (milliseconds)"));
     }
     Ok(Duration::from_millis(ms))
 }
@@ -139,11 +132,7 @@ pub struct Limits {
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits {
-            max_head_bytes: 16 * 1024,
-            max_pending_connections: 10_000,
-            bus_queue_bytes: 64 << 20,
-        }
+        Limits { max_head_bytes: 16 * 1024, max_pending_connections: 10_000, bus_queue_bytes: 64 << 20 }
     }
 }
 
@@ -211,13 +200,7 @@ pub struct ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.field {
-            Some(field) => write!(
-                f,
-                "{}: field `{}`: {}",
-                self.path.display(),
-                field,
-                self.message
-            ),
+            Some(field) => write!(f, "{}: field `{}`: {}", self.path.display(), field, self.message),
             None => write!(f, "{}: {}", self.path.display(), self.message),
         }
     }
@@ -228,11 +211,7 @@ impl std::error::Error for ConfigError {}
 /// Whether `name` can be an app name: it ends up in unit names, the bus
 /// address and journal fields.
 pub fn valid_app_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 impl AppConfig {
@@ -243,24 +222,12 @@ impl AppConfig {
 
     /// Loads and validates one app config; the app name is the file stem.
     pub fn load(path: &Path) -> Result<AppConfig, ConfigError> {
-        let err = |field: Option<String>, message: String| ConfigError {
-            path: path.to_owned(),
-            field,
-            message,
-        };
-        let app = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or("")
-            .to_owned();
+        let err = |field: Option<String>, message: String| ConfigError { path: path.to_owned(), field, message };
+        let app = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_owned();
         if !valid_app_name(&app) {
-            return Err(err(
-                None,
-                format!("app name {app:?} (the file name) must be 1-64 of A-Z a-z 0-9 _ -"),
-            ));
+            return Err(err(None, format!("app name {app:?} (the file name) must be 1-64 of A-Z a-z 0-9 _ -")));
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
+        let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
         let de = &mut serde_json::Deserializer::from_str(&text);
         let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
@@ -269,17 +236,11 @@ impl AppConfig {
             err(field, inner.to_string())
         })?;
         if raw.command.is_empty() || raw.command[0].is_empty() {
-            return Err(err(
-                Some("command".into()),
-                "must name a program, e.g. [\"node\", \"worker.js\"]".into(),
-            ));
+            return Err(err(Some("command".into()), "must name a program, e.g. [\"node\", \"worker.js\"]".into()));
         }
         for key in raw.env.keys() {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(err(
-                    Some(format!("env.{key}")),
-                    "is not a valid environment variable name".into(),
-                ));
+                return Err(err(Some(format!("env.{key}")), "is not a valid environment variable name".into()));
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
@@ -288,31 +249,18 @@ impl AppConfig {
             Some(c) => base.join(c),
             None => base.to_owned(),
         };
-        let cwd = if cwd.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            cwd
-        };
+        let cwd = if cwd.as_os_str().is_empty() { PathBuf::from(".") } else { cwd };
         if !cwd.is_dir() {
-            return Err(err(
-                Some("cwd".into()),
-                format!("{} is not a directory", cwd.display()),
-            ));
+            return Err(err(Some("cwd".into()), format!("{} is not a directory", cwd.display())));
         }
         if let Some(g) = &raw.control_group {
             if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
-                return Err(err(
-                    Some("control_group".into()),
-                    format!("no group named {g:?}"),
-                ));
+                return Err(err(Some("control_group".into()), format!("no group named {g:?}")));
             }
         }
         let l = &raw.limits;
         if l.max_head_bytes < 256 || l.max_head_bytes > 1 << 20 {
-            return Err(err(
-                Some("limits.max_head_bytes".into()),
-                "must be from 256 to 1048576".into(),
-            ));
+            return Err(err(Some("limits.max_head_bytes".into()), "must be from 256 to 1048576".into()));
         }
         if l.max_pending_connections == 0 || l.bus_queue_bytes == 0 {
             let field = if l.max_pending_connections == 0 {
@@ -338,11 +286,7 @@ impl AppConfig {
 
     /// Every `*.json` app config in a folder, sorted by name.
     pub fn load_dir(dir: &Path) -> Result<Vec<AppConfig>, ConfigError> {
-        let err = |message: String| ConfigError {
-            path: dir.to_owned(),
-            field: None,
-            message,
-        };
+        let err = |message: String| ConfigError { path: dir.to_owned(), field: None, message };
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| err(format!("cannot read folder: {e}")))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -361,11 +305,7 @@ mod tests {
     use super::*;
 
     fn load(json: &str) -> Result<AppConfig, ConfigError> {
-        let dir = std::env::temp_dir().join(format!(
-            "sio-config-test-{}-{}",
-            std::process::id(),
-            rand_suffix()
-        ));
+        let dir = std::env::temp_dir().join(format!("sio-config-test-{}-{}", std::process::id(), rand_suffix()));
         std::fs::create_dir_all(&dir).unwrap();
         let p = dir.join("chat.json");
         std::fs::write(&p, json).unwrap();
@@ -409,8 +349,7 @@ mod tests {
 
     #[test]
     fn instances_and_listen_forms() {
-        let c = load(r#"{"command": ["n"], "instances": 3, "listen": ["127.0.0.1:1", "[::1]:2"]}"#)
-            .unwrap();
+        let c = load(r#"{"command": ["n"], "instances": 3, "listen": ["127.0.0.1:1", "[::1]:2"]}"#).unwrap();
         assert_eq!(c.instances, Instances::Count(3));
         assert_eq!(c.listen.len(), 2);
         assert!(Instances::Max.resolve() >= 1);

@@ -48,18 +48,9 @@ pub struct WorkerStatus {
 
 impl WorkerStatus {
     pub fn new(view: &WorkerView, pid: Option<u32>, queued_bytes: usize) -> Self {
-        let state = serde_json::to_value(view.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        WorkerStatus {
-            slot: view.slot,
-            state,
-            sessions: view.sessions,
-            pid,
-            queued_bytes,
-            usage: None,
-        }
+        let state =
+            serde_json::to_value(view.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        WorkerStatus { slot: view.slot, state, sessions: view.sessions, pid, queued_bytes, usage: None }
     }
 }
 
@@ -106,17 +97,8 @@ impl Status {
 
     /// The one line systemd shows (`STATUS=`) and `sioctl status` starts with.
     pub fn summary(&self) -> String {
-        let draining = self
-            .workers
-            .iter()
-            .filter(|w| w.state == "draining")
-            .count();
-        format!(
-            "{} workers ready, {} sessions, {} draining",
-            self.ready_workers(),
-            self.sessions,
-            draining
-        )
+        let draining = self.workers.iter().filter(|w| w.state == "draining").count();
+        format!("{} workers ready, {} sessions, {} draining", self.ready_workers(), self.sessions, draining)
     }
 }
 

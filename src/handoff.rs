@@ -55,41 +55,23 @@ fn send_some(sock: RawFd, data: &[u8], fd: Option<RawFd>) -> io::Result<usize> {
         }
         None => &[],
     };
-    sendmsg::<()>(
-        sock,
-        &iov,
-        cmsgs,
-        MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        None,
-    )
-    .map_err(io::Error::from)
+    sendmsg::<()>(sock, &iov, cmsgs, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT, None).map_err(io::Error::from)
 }
 
 /// Reads into `buf`, appending any received fds to `fds` (close-on-exec).
 fn recv_some(sock: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut space = nix::cmsg_space!([RawFd; 16]);
-    let msg = recvmsg::<()>(
-        sock,
-        &mut iov,
-        Some(&mut space),
-        MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT,
-    )
-    .map_err(io::Error::from)?;
+    let msg = recvmsg::<()>(sock, &mut iov, Some(&mut space), MsgFlags::MSG_CMSG_CLOEXEC | MsgFlags::MSG_DONTWAIT)
+        .map_err(io::Error::from)?;
     for c in msg.cmsgs().map_err(io::Error::from)? {
         if let ControlMessageOwned::ScmRights(received) = c {
             // SAFETY: the kernel just created these descriptors for us.
-            fds.extend(
-                received
-                    .into_iter()
-                    .map(|f| unsafe { OwnedFd::from_raw_fd(f) }),
-            );
+            fds.extend(received.into_iter().map(|f| unsafe { OwnedFd::from_raw_fd(f) }));
         }
     }
     if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(io::Error::other(
-            "control data truncated: a peer sent more fds than one frame carries",
-        ));
+        return Err(io::Error::other("control data truncated: a peer sent more fds than one frame carries"));
     }
     Ok(msg.bytes)
 }
@@ -136,11 +118,7 @@ impl Link {
         self.queued_bytes.set(self.queued_bytes.get() + data.len());
         let was_empty = {
             let mut q = self.queue.borrow_mut();
-            q.push_back(Outgoing {
-                data,
-                written: 0,
-                fd,
-            });
+            q.push_back(Outgoing { data, written: 0, fd });
             q.len() == 1
         };
         if was_empty {
@@ -161,14 +139,8 @@ impl Link {
             let Some(item) = q.front_mut() else {
                 return Ok(true);
             };
-            let fd = if item.written == 0 {
-                item.fd.as_ref().map(|f| f.as_raw_fd())
-            } else {
-                None
-            };
-            let r = self.stream.try_io(Interest::WRITABLE, || {
-                send_some(sock, &item.data[item.written..], fd)
-            });
+            let fd = if item.written == 0 { item.fd.as_ref().map(|f| f.as_raw_fd()) } else { None };
+            let r = self.stream.try_io(Interest::WRITABLE, || send_some(sock, &item.data[item.written..], fd));
             match r {
                 Ok(n) => {
                     item.written += n;
@@ -207,9 +179,7 @@ impl Link {
             self.stream.readable().await?;
             let len = buf.len();
             buf.resize(len + CHUNK, 0);
-            let r = self
-                .stream
-                .try_io(Interest::READABLE, || recv_some(sock, &mut buf[len..], fds));
+            let r = self.stream.try_io(Interest::READABLE, || recv_some(sock, &mut buf[len..], fds));
             match r {
                 Ok(n) => {
                     buf.truncate(len + n);
@@ -217,9 +187,7 @@ impl Link {
                 }
                 Err(e) => {
                     buf.truncate(len);
-                    if e.kind() != io::ErrorKind::WouldBlock
-                        && e.kind() != io::ErrorKind::Interrupted
-                    {
+                    if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
                         return Err(e);
                     }
                 }
@@ -260,13 +228,7 @@ impl FrameReader {
     /// `max`: the largest frame body accepted; a larger one is an error
     /// (the peer is dropped), before any of it is buffered.
     pub fn new(prefix: Prefix, max: usize) -> Self {
-        FrameReader {
-            prefix,
-            buf: Vec::new(),
-            start: 0,
-            fds: VecDeque::new(),
-            max,
-        }
+        FrameReader { prefix, buf: Vec::new(), start: 0, fds: VecDeque::new(), max }
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -284,10 +246,7 @@ impl FrameReader {
                     Prefix::Node => u32::from_be_bytes(len),
                 } as usize;
                 if len > self.max {
-                    return Err(io::Error::other(format!(
-                        "frame of {len} bytes exceeds the limit of {}",
-                        self.max
-                    )));
+                    return Err(io::Error::other(format!("frame of {len} bytes exceeds the limit of {}", self.max)));
                 }
                 if self.buf.len() - self.start >= 4 + len {
                     let at = self.start;
@@ -298,11 +257,7 @@ impl FrameReader {
             self.buf.drain(..self.start);
             self.start = 0;
             if link.read(&mut self.buf, &mut self.fds).await? == 0 {
-                return if self.buf.is_empty() {
-                    Ok(None)
-                } else {
-                    Err(io::ErrorKind::UnexpectedEof.into())
-                };
+                return if self.buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
         }
     }

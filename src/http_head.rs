@@ -81,10 +81,7 @@ fn head_from_target(target: &str) -> Head {
             _ => {}
         }
     }
-    Head {
-        handshake: eio && sid.is_none(),
-        sid,
-    }
+    Head { handshake: eio && sid.is_none(), sid }
 }
 
 /// The master's own answers. It answers only when it must, always closing.
@@ -104,32 +101,17 @@ mod tests {
 
     #[test]
     fn sid_from_query_only() {
-        let h = parse(
-            b"GET /socket.io/?EIO=4&transport=polling&sid=abc HTTP/1.1\r\nHost: x\r\n\r\n",
-            8192,
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(
-            h,
-            Head {
-                sid: Some("abc".into()),
-                handshake: false
-            }
-        );
+        let h = parse(b"GET /socket.io/?EIO=4&transport=polling&sid=abc HTTP/1.1\r\nHost: x\r\n\r\n", 8192)
+            .unwrap()
+            .unwrap();
+        assert_eq!(h, Head { sid: Some("abc".into()), handshake: false });
         let h = parse(
             b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nCookie: sid=AAAAAAAAAAAAAAAAAAAA\r\nReferer: http://x/?sid=BBBBBBBBBBBBBBBBBBBB\r\n\r\n",
             8192,
         )
         .unwrap()
         .unwrap();
-        assert_eq!(
-            h,
-            Head {
-                sid: None,
-                handshake: true
-            }
-        );
+        assert_eq!(h, Head { sid: None, handshake: true });
     }
 
     #[test]
@@ -142,25 +124,15 @@ mod tests {
 
     #[test]
     fn garbage_is_malformed_at_once() {
-        assert!(matches!(
-            parse(b"\x16\x03\x01\x02\x00\x01\x00", 8192),
-            Err(HeadError::Malformed(_))
-        ));
-        assert!(matches!(
-            parse(b"GET / SPDY/3\r\n\r\n", 8192),
-            Err(HeadError::Malformed(_))
-        ));
+        assert!(matches!(parse(b"\x16\x03\x01\x02\x00\x01\x00", 8192), Err(HeadError::Malformed(_))));
+        assert!(matches!(parse(b"GET / SPDY/3\r\n\r\n", 8192), Err(HeadError::Malformed(_))));
     }
 
     #[test]
     fn empty_sid_is_no_sid_and_fragments_are_ignored() {
-        let h = parse(b"GET /?EIO=4&sid= HTTP/1.1\r\n\r\n", 100)
-            .unwrap()
-            .unwrap();
+        let h = parse(b"GET /?EIO=4&sid= HTTP/1.1\r\n\r\n", 100).unwrap().unwrap();
         assert_eq!(h.sid, None);
-        let h = parse(b"GET /?sid=abc#x HTTP/1.1\r\n\r\n", 100)
-            .unwrap()
-            .unwrap();
+        let h = parse(b"GET /?sid=abc#x HTTP/1.1\r\n\r\n", 100).unwrap().unwrap();
         assert_eq!(h.sid.as_deref(), Some("abc"));
     }
 

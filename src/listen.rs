@@ -5,6 +5,13 @@
 use crate::config::AppConfig;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
+use std::os::fd::AsRawFd;
+
+/// Backlog of sockets the master binds itself, as `Backlog=` in
+/// `sio@.socket` (the kernel caps it at `net.core.somaxconn`). std's 128 is
+/// too short: a burst overflows it, and a client whose connection was
+/// dropped from a full queue only learns of it when it speaks.
+const BACKLOG: i32 = 4096;
 
 /// The master's listening sockets, non-blocking.
 pub struct Listeners {
@@ -37,12 +44,15 @@ impl Listeners {
                 let l = TcpListener::bind(addr).map_err(|e| {
                     io::Error::new(
                         e.kind(),
-                        format!(
-                            "cannot listen on {addr} (field `listen` of {}): {e}",
-                            cfg.path.display()
-                        ),
+                        format!("cannot listen on {addr} (field `listen` of {}): {e}", cfg.path.display()),
                     )
                 })?;
+                // Listening again only changes the backlog. (nix's Backlog
+                // refuses values above its compiled-in SOMAXCONN of 128.)
+                // SAFETY: plain syscall on a socket we own.
+                if unsafe { nix::libc::listen(l.as_raw_fd(), BACKLOG) } != 0 {
+                    return Err(io::Error::last_os_error());
+                }
                 sockets.push(l);
             }
         }
@@ -53,9 +63,6 @@ impl Listeners {
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {
-        self.sockets
-            .iter()
-            .filter_map(|s| s.local_addr().ok())
-            .collect()
+        self.sockets.iter().filter_map(|s| s.local_addr().ok()).collect()
     }
 }

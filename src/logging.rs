@@ -15,10 +15,7 @@ pub fn init() {
         .map(|l| l.with_field_prefix(Some("SIO".into())));
     match journald {
         Some(journal) => {
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(journal)
-                .try_init();
+            let _ = tracing_subscriber::registry().with(filter).with(journal).try_init();
         }
         None => {
             let _ = tracing_subscriber::fmt()

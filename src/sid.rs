@@ -105,8 +105,7 @@ mod tests {
         let mut caught = 0;
         let mut total = 0;
         for n in 0..2000u32 {
-            let random: [u8; 16] =
-                std::array::from_fn(|i| (n.wrapping_mul(2654435761) >> (i % 24)) as u8 ^ i as u8);
+            let random: [u8; 16] = std::array::from_fn(|i| (n.wrapping_mul(2654435761) >> (i % 24)) as u8 ^ i as u8);
             let sid = make((n % 4096) as u16, &random).into_bytes();
             for at in 2..SID_LEN {
                 let mut bad = sid.clone();

@@ -21,10 +21,7 @@ pub enum Mode {
 
 /// Runs a future on the single-threaded runtime every sio process uses.
 pub fn block_on<F: Future>(f: F) -> F::Output {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("tokio runtime");
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
     tokio::task::LocalSet::new().block_on(&rt, f)
 }
 
@@ -38,17 +35,15 @@ pub async fn run(configs: Vec<AppConfig>, mode: Mode) -> std::io::Result<()> {
         let listeners = Listeners::open(&cfg)?;
         let supervisor = match mode {
             Mode::Embedded => Supervisor::embedded(shutdown.clone())?,
-            Mode::Systemd => Supervisor::systemd(&cfg.app).await.map_err(|e| {
-                std::io::Error::other(format!("cannot reach systemd over D-Bus: {e}"))
-            })?,
+            Mode::Systemd => Supervisor::systemd(&cfg.app)
+                .await
+                .map_err(|e| std::io::Error::other(format!("cannot reach systemd over D-Bus: {e}")))?,
         };
         let master = Master::new(cfg, &listeners, supervisor)?;
         ready.push((master, listeners));
     }
-    let running: Vec<_> = ready
-        .into_iter()
-        .map(|(m, l)| tokio::task::spawn_local(m.run(l, shutdown.clone())))
-        .collect();
+    let running: Vec<_> =
+        ready.into_iter().map(|(m, l)| tokio::task::spawn_local(m.run(l, shutdown.clone()))).collect();
     termination_signal().await;
     info!("stopping");
     trigger.fire();

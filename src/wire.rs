@@ -227,11 +227,7 @@ impl ToMaster {
             1 => {
                 let version = r.u16()?;
                 let role = match r.u8()? {
-                    1 => Role::Agent {
-                        app: r.str()?,
-                        slot: r.u16()?,
-                        pid: r.u32()?,
-                    },
+                    1 => Role::Agent { app: r.str()?, slot: r.u16()?, pid: r.u32()? },
                     2 => Role::Control,
                     t => return Err(WireError::UnknownTag(t)),
                 };
@@ -243,21 +239,11 @@ impl ToMaster {
             5 => ToMaster::HandoffDone(r.u64()?),
             6 => ToMaster::HandoffFailed(r.u64()?),
             7 => {
-                let header = AdapterHeader {
-                    kind: r.u32()?,
-                    uid: r.str()?,
-                    nsp: r.str()?,
-                    requester_uid: r.opt_str()?,
-                };
-                ToMaster::Adapter {
-                    header,
-                    frame: r.rest(),
-                }
+                let header =
+                    AdapterHeader { kind: r.u32()?, uid: r.str()?, nsp: r.str()?, requester_uid: r.opt_str()? };
+                ToMaster::Adapter { header, frame: r.rest() }
             }
-            8 => ToMaster::AdapterSeen {
-                uid: r.str()?,
-                nsp: r.str()?,
-            },
+            8 => ToMaster::AdapterSeen { uid: r.str()?, nsp: r.str()? },
             9 => ToMaster::Control(r.rest()),
             t => return Err(WireError::UnknownTag(t)),
         };
@@ -311,10 +297,7 @@ mod tests {
 
     /// The body of a whole frame, checking its length prefix.
     fn body(f: &[u8]) -> &[u8] {
-        assert_eq!(
-            u32::from_le_bytes(f[..4].try_into().unwrap()) as usize,
-            f.len() - 4
-        );
+        assert_eq!(u32::from_le_bytes(f[..4].try_into().unwrap()) as usize, f.len() - 4);
         &f[4..]
     }
 
@@ -324,36 +307,18 @@ mod tests {
 
     #[test]
     fn every_frame_roundtrips() {
-        roundtrip_up(ToMaster::Hello {
-            version: 1,
-            role: Role::Agent {
-                app: "chat".into(),
-                slot: 7,
-                pid: 42,
-            },
-        });
-        roundtrip_up(ToMaster::Hello {
-            version: 1,
-            role: Role::Control,
-        });
+        roundtrip_up(ToMaster::Hello { version: 1, role: Role::Agent { app: "chat".into(), slot: 7, pid: 42 } });
+        roundtrip_up(ToMaster::Hello { version: 1, role: Role::Control });
         roundtrip_up(ToMaster::Ready);
         roundtrip_up(ToMaster::SessionOpened("s".into()));
         roundtrip_up(ToMaster::SessionClosed("s".into()));
         roundtrip_up(ToMaster::HandoffDone(u64::MAX));
         roundtrip_up(ToMaster::HandoffFailed(3));
         roundtrip_up(ToMaster::Adapter {
-            header: AdapterHeader {
-                kind: 8,
-                uid: "a".into(),
-                nsp: "/".into(),
-                requester_uid: Some("b".into()),
-            },
+            header: AdapterHeader { kind: 8, uid: "a".into(), nsp: "/".into(), requester_uid: Some("b".into()) },
             frame: vec![1, 2, 3],
         });
-        roundtrip_up(ToMaster::AdapterSeen {
-            uid: "a".into(),
-            nsp: "/x".into(),
-        });
+        roundtrip_up(ToMaster::AdapterSeen { uid: "a".into(), nsp: "/x".into() });
         roundtrip_up(ToMaster::Control(b"{}".to_vec()));
         for m in [
             ToAgent::Welcome { version: 1 },
@@ -370,10 +335,7 @@ mod tests {
     #[test]
     fn truncated_bodies_and_trailing_bytes_are_errors() {
         let f = ToMaster::SessionOpened("abc".into()).to_frame();
-        assert_eq!(
-            ToMaster::decode(&f[4..f.len() - 1]),
-            Err(WireError::Truncated)
-        );
+        assert_eq!(ToMaster::decode(&f[4..f.len() - 1]), Err(WireError::Truncated));
         let mut long = f[4..].to_vec();
         long.push(0);
         assert_eq!(ToMaster::decode(&long), Err(WireError::Truncated));

@@ -43,51 +43,28 @@ fn garbage_and_oversized_heads_get_an_answer_and_a_close() {
     assert!(r.starts_with("HTTP/1.1 431 "), "{r:?}");
     assert!(r.contains("Connection: close\r\n"), "{r:?}");
     let r = exchange(app.port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
-    assert!(
-        r.starts_with("HTTP/1.1 200 OK"),
-        "a worker serves plain requests too: {r:?}"
-    );
+    assert!(r.starts_with("HTTP/1.1 200 OK"), "a worker serves plain requests too: {r:?}");
     let c = &app.status()["counters"];
-    assert_eq!(
-        (c["answered_400"].as_u64(), c["answered_431"].as_u64()),
-        (Some(1), Some(1)),
-        "{c}"
-    );
+    assert_eq!((c["answered_400"].as_u64(), c["answered_431"].as_u64()), (Some(1), Some(1)), "{c}");
 }
 
 #[test]
 fn a_thousand_idle_connections_do_not_stop_other_clients() {
-    let app = App::start_with(2, json!({"timeouts": {"head_ms": 3000}}));
-    let idle: Vec<TcpStream> = (0..1000)
-        .map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap())
-        .collect();
-    wait_for("1000 heads being read", Duration::from_secs(5), || {
-        app.status()["reading_heads"] == 1000
-    });
-    let t0 = Instant::now();
+    let app = App::start_with(2, json!({"timeouts": {"head_ms": 8000}}));
+    let mut idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap()).collect();
+    wait_for("1000 heads being read", Duration::from_secs(20), || app.status()["reading_heads"] == 1000);
     let r = node("race.js", &[&app.port.to_string(), "100"]);
     assert_eq!(r["counts"], json!({"ok": 100}), "{r}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(3),
-        "served while the idle ones wait: {:?}",
-        t0.elapsed()
-    );
+    assert_eq!(app.status()["reading_heads"], 1000, "the others were served while every idle one still waited");
     // Then each idle one is told it took too long, and closed.
-    let mut idle = idle;
     let mut answer = String::new();
-    idle[0]
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    idle[0].set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     idle[0].read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 408 "), "{answer:?}");
-    wait_for(
-        "every idle connection answered",
-        Duration::from_secs(10),
-        || {
-            let s = app.status();
-            s["reading_heads"] == 0 && s["counters"]["answered_408"] == 1000
-        },
-    );
+    wait_for("every idle connection answered", Duration::from_secs(20), || {
+        let s = app.status();
+        s["reading_heads"] == 0 && s["counters"]["answered_408"] == 1000
+    });
 }
 
 #[test]
@@ -111,36 +88,18 @@ fn clients_that_close_mid_handoff_cost_nothing() {
 fn a_worker_that_dies_mid_handoff_loses_no_connection() {
     let app = App::start(2);
     let status = app.status();
-    let w1 = status["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|w| w["slot"] == 1)
-        .unwrap()
-        .clone();
+    let w1 = status["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 1).unwrap().clone();
     let node1 = children_of(w1["pid"].as_u64().unwrap() as u32)[0];
     // Frozen, the worker cannot acknowledge what it is sent...
     kill(Pid::from_raw(node1 as i32), Signal::SIGSTOP).unwrap();
     let port = app.port.to_string();
     let client = std::thread::spawn(move || node("mid_handoff.js", &[&port, "20"]));
-    wait_for(
-        "handoffs to the frozen worker",
-        Duration::from_secs(5),
-        || app.status()["in_flight"].as_u64() >= Some(5),
-    );
+    wait_for("handoffs to the frozen worker", Duration::from_secs(5), || app.status()["in_flight"].as_u64() >= Some(5));
     // ...and then it dies holding them.
     kill(Pid::from_raw(node1 as i32), Signal::SIGKILL).unwrap();
     let r = client.join().unwrap();
-    assert_eq!(
-        r["counts"],
-        json!({"slot 2": 20}),
-        "every handshake answered by the survivor: {r}"
-    );
-    assert!(
-        app.status()["counters"]["rerouted"].as_u64() >= Some(5),
-        "{}",
-        app.status()
-    );
+    assert_eq!(r["counts"], json!({"slot 2": 20}), "every handshake answered by the survivor: {r}");
+    assert!(app.status()["counters"]["rerouted"].as_u64() >= Some(5), "{}", app.status());
 }
 
 #[test]
@@ -156,23 +115,13 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(
-        err.contains("the master refused this agent: permission denied"),
-        "{err}"
-    );
+    assert!(err.contains("the master refused this agent: permission denied"), "{err}");
     wait_for("the refusal logged", Duration::from_secs(5), || {
-        app.log()
-            .contains("refused bus peer: its uid is neither the master's nor root's")
+        app.log().contains("refused bus peer: its uid is neither the master's nor root's")
     });
     // An operator of another uid may read, not change.
-    let sioctl = |args: &[&str]| {
-        Command::new(env!("CARGO_BIN_EXE_sioctl"))
-            .args(args)
-            .uid(65534)
-            .gid(65534)
-            .output()
-            .unwrap()
-    };
+    let sioctl =
+        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_sioctl")).args(args).uid(65534).gid(65534).output().unwrap();
     assert!(sioctl(&["status", &app.name]).status.success());
     let out = sioctl(&["scale", &app.name, "3"]);
     assert!(!out.status.success());
@@ -180,10 +129,8 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     // Same uid, but garbage instead of a hello.
     let name = format!("sio/{}", app.name);
     let addr =
-        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
-            name.as_bytes(),
-        )
-        .unwrap();
+        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
+            .unwrap();
     let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
     s.write_all(&[0xff; 64]).unwrap();
     let mut rest = Vec::new();
@@ -191,16 +138,8 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     let _ = s.read_to_end(&mut rest);
     let status = app.status();
     assert_eq!(status["counters"]["refused_peers"], 1, "{status}");
-    assert_eq!(
-        status["workers"].as_array().unwrap().len(),
-        1,
-        "no worker 9: {status}"
-    );
-    assert_eq!(
-        App::ready_workers(&status),
-        1,
-        "the worker is unaffected: {status}"
-    );
+    assert_eq!(status["workers"].as_array().unwrap().len(), 1, "no worker 9: {status}");
+    assert_eq!(App::ready_workers(&status), 1, "the worker is unaffected: {status}");
 }
 
 #[test]
@@ -208,18 +147,14 @@ fn the_masters_memory_stays_bounded() {
     let app = App::start_with(2, json!({"timeouts": {"head_ms": 1000}}));
     // One round of 1,000 idle connections, 500 garbage heads and 300 sessions.
     let round = || {
-        let idle: Vec<TcpStream> = (0..1000)
-            .map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap())
-            .collect();
+        let idle: Vec<TcpStream> = (0..1000).map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap()).collect();
         for _ in 0..500 {
             exchange(app.port, b"\x00\x01garbage\r\n\r\n");
         }
         let r = node("race.js", &[&app.port.to_string(), "300"]);
         assert_eq!(r["counts"], json!({"ok": 300}), "{r}");
         drop(idle);
-        wait_for("idle connections gone", Duration::from_secs(10), || {
-            app.status()["reading_heads"] == 0
-        });
+        wait_for("idle connections gone", Duration::from_secs(10), || app.status()["reading_heads"] == 0);
     };
     // The first rounds size the pools (reactor slots, task and buffer
     // memory the allocator keeps); after that the figure is flat.
@@ -231,9 +166,6 @@ fn the_masters_memory_stays_bounded() {
     }
     let after = rss_kib(app.pid());
     println!("master RSS: {warm} KiB after two rounds, {after} KiB after three more");
-    assert!(
-        after < warm + 2 * 1024,
-        "grew from {warm} to {after} KiB: something is kept per connection"
-    );
+    assert!(after < warm + 2 * 1024, "grew from {warm} to {after} KiB: something is kept per connection");
     assert!(after < 64 * 1024, "the master holds {after} KiB");
 }

@@ -11,16 +11,10 @@ fn websocket_only_polling_upgrade_polling_only_and_a_300k_post() {
     let r = node("transports.js", &[&app.port.to_string()]);
     let spread = r["byWorker"].as_object().unwrap();
     assert_eq!(spread.len(), 2, "clients on both workers: {r}");
-    assert!(
-        spread.values().all(|n| n.as_u64().unwrap() == 8),
-        "new sessions split evenly: {r}"
-    );
+    assert!(spread.values().all(|n| n.as_u64().unwrap() == 8), "new sessions split evenly: {r}");
     assert_eq!(r["upgraded"], true, "{r}");
     assert_eq!(r["stillPolling"], true, "{r}");
-    assert_eq!(
-        r["echoByOwner"], true,
-        "every packet reached the session's own worker: {r}"
-    );
+    assert_eq!(r["echoByOwner"], true, "every packet reached the session's own worker: {r}");
     assert_eq!(r["bigOk"], true, "{r}");
 }
 
@@ -31,61 +25,30 @@ fn cluster_adapter_across_workers() {
     let n = r["clients"].as_u64().unwrap();
     assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
     for (w, reached) in r["emitReachesAll"].as_object().unwrap() {
-        assert_eq!(
-            reached.as_u64().unwrap(),
-            n,
-            "io.emit from {w} reaches every client: {r}"
-        );
+        assert_eq!(reached.as_u64().unwrap(), n, "io.emit from {w} reaches every client: {r}");
     }
-    assert_eq!(
-        r["binaryKinds"],
-        serde_json::json!({ "binary": n }),
-        "binary stays binary: {r}"
-    );
+    assert_eq!(r["binaryKinds"], serde_json::json!({ "binary": n }), "binary stays binary: {r}");
     for c in r["counts"].as_array().unwrap() {
         assert_eq!(c["count"].as_u64(), Some(n), "fetchSockets sees all: {r}");
         assert_eq!(c["servers"].as_u64(), Some(2), "{r}");
     }
     let sse = &r["sse"];
     assert!(sse["err"].is_null(), "{r}");
-    assert_eq!(
-        sse["replies"].as_array().unwrap().len(),
-        1,
-        "one other worker answered: {r}"
-    );
+    assert_eq!(sse["replies"].as_array().unwrap().len(), 1, "one other worker answered: {r}");
     assert_ne!(sse["replies"][0]["pong"], sse["worker"], "{r}");
-    assert_eq!(
-        r["roomReached"].as_u64(),
-        Some(n),
-        "socketsJoin then to(room).emit: {r}"
-    );
+    assert_eq!(r["roomReached"].as_u64(), Some(n), "socketsJoin then to(room).emit: {r}");
 }
 
 #[test]
 fn a_worker_killed_with_sigkill() {
     let mut app = App::start(2);
     let r = node("sigkill.js", &[&app.port.to_string()]);
-    assert_eq!(
-        r["survivorDisconnects"], 0,
-        "clients of the other worker stay connected: {r}"
-    );
-    assert!(
-        r["count"]["error"].is_null(),
-        "fetchSockets on the survivor answered: {r}"
-    );
-    assert!(
-        r["count"]["ms"].as_u64().unwrap() < 100,
-        "and at once, not after the adapter's 5 s timeout: {r}"
-    );
-    assert_eq!(
-        r["count"]["servers"], 1,
-        "the dead worker's adapter is gone: {r}"
-    );
+    assert_eq!(r["survivorDisconnects"], 0, "clients of the other worker stay connected: {r}");
+    assert!(r["count"]["error"].is_null(), "fetchSockets on the survivor answered: {r}");
+    assert!(r["count"]["ms"].as_u64().unwrap() < 100, "and at once, not after the adapter's 5 s timeout: {r}");
+    assert_eq!(r["count"]["servers"], 1, "the dead worker's adapter is gone: {r}");
     assert_eq!(r["reconnected"], r["victims"], "{r}");
-    assert_eq!(
-        r["echoes"], r["victims"],
-        "the reconnected clients are served: {r}"
-    );
+    assert_eq!(r["echoes"], r["victims"], "the reconnected clients are served: {r}");
     // And the dead worker is back.
     app.wait_ready(2, std::time::Duration::from_secs(15));
 }
@@ -99,21 +62,14 @@ fn sio_up_stops_every_process_it_started() {
     assert!(status.success(), "{status}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let left: Vec<_> = pids.iter().filter(|&&p| alive(p)).collect();
-    assert!(
-        left.is_empty(),
-        "still running after sio up stopped: {left:?}"
-    );
+    assert!(left.is_empty(), "still running after sio up stopped: {left:?}");
 }
 
 #[test]
 fn sio_up_killed_outright_leaves_no_orphans() {
     let app = App::start(2);
     let pids = app.worker_pids();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(app.pid() as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(app.pid() as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
     let t0 = std::time::Instant::now();
     while pids.iter().any(|&p| alive(p)) && t0.elapsed().as_secs() < 10 {
         std::thread::sleep(std::time::Duration::from_millis(50));
@@ -126,22 +82,12 @@ fn sio_up_killed_outright_leaves_no_orphans() {
 fn a_broken_config_is_one_clear_error_and_nothing_starts() {
     let dir = scratch_dir(&app_name());
     let cfg = dir.join("broken.json");
-    std::fs::write(
-        &cfg,
-        r#"{"command": ["node", "worker.js"], "instances": "lots"}"#,
-    )
-    .unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sio"))
-        .arg("up")
-        .arg(&cfg)
-        .output()
-        .unwrap();
+    std::fs::write(&cfg, r#"{"command": ["node", "worker.js"], "instances": "lots"}"#).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_sio")).arg("up").arg(&cfg).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(78), "{err}");
     assert!(
-        err.contains(
-            "broken.json: field `instances`: expected a whole number from 1 to 4095, or \"max\""
-        ),
+        err.contains("broken.json: field `instances`: expected a whole number from 1 to 4095, or \"max\""),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "one error: {err}");

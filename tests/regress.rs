@@ -11,10 +11,7 @@ fn sticky_first_read_routing_split_request_line() {
     let r = node("split_request_line.js", &[&app.port.to_string()]);
     let results = r["results"].as_array().unwrap();
     assert_eq!(results.len(), 12);
-    assert!(
-        results.iter().all(|x| x == "ok"),
-        "every split request reached its session's worker: {r}"
-    );
+    assert!(results.iter().all(|x| x == "ok"), "every split request reached its session's worker: {r}");
 }
 
 #[test]
@@ -27,23 +24,13 @@ fn socket_io_sticky_8_17_two_sessions_one_keepalive_connection() {
             a["connection"], "close",
             "each response ends its connection, so the next request is routed anew: {r}"
         );
-        assert!(
-            !a["body"].as_str().unwrap().contains("Session ID unknown"),
-            "{r}"
-        );
+        assert!(!a["body"].as_str().unwrap().contains("Session ID unknown"), "{r}");
     }
     let piped = r["pipelined"].as_array().unwrap();
-    assert_eq!(
-        piped.len(),
-        1,
-        "only the first pipelined request is answered on that connection: {r}"
-    );
+    assert_eq!(piped.len(), 1, "only the first pipelined request is answered on that connection: {r}");
     assert!(piped[0].as_str().unwrap().starts_with("200 OK"), "{r}");
     assert!(piped[0].as_str().unwrap().ends_with("ok"), "{r}");
-    assert_eq!(
-        r["timedOut"], false,
-        "the connection is closed, not left hanging: {r}"
-    );
+    assert_eq!(r["timedOut"], false, "the connection is closed, not left hanging: {r}");
     assert_eq!(r["retried"], json!({"status": 200, "body": "ok"}), "{r}");
 }
 
@@ -59,17 +46,9 @@ fn sid_in_cookie_or_referer_is_ignored() {
     let app = App::start(2);
     let r = node("cookie_referer.js", &[&app.port.to_string()]);
     let slots = r["handshakeSlots"].as_object().unwrap();
-    assert_eq!(
-        slots.len(),
-        2,
-        "handshakes with a decoy sid still spread over both workers: {r}"
-    );
+    assert_eq!(slots.len(), 2, "handshakes with a decoy sid still spread over both workers: {r}");
     assert!(slots.values().all(|n| n.as_u64() == Some(10)), "{r}");
-    assert_eq!(
-        r["otherSession"],
-        json!({"status": 200, "body": "ok"}),
-        "{r}"
-    );
+    assert_eq!(r["otherSession"], json!({"status": 200, "body": "ok"}), "{r}");
 }
 
 #[test]

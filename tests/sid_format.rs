@@ -25,19 +25,11 @@ fn preload_sids_decode_to_their_slot() {
             .env("SIO_WORKER_SLOT", slot.to_string())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let ids: Vec<String> = serde_json::from_slice(&out.stdout).unwrap();
         assert_eq!(ids.len(), 2000);
         for id in &ids {
-            assert_eq!(
-                sio::sid::slot_of(id.as_bytes()),
-                Some(slot),
-                "{id} from slot {slot}"
-            );
+            assert_eq!(sio::sid::slot_of(id.as_bytes()), Some(slot), "{id} from slot {slot}");
         }
         let unique: std::collections::HashSet<_> = ids.iter().collect();
         assert_eq!(unique.len(), ids.len(), "sids are random");

@@ -9,11 +9,7 @@ use serde_json::json;
 use std::time::Duration;
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn config(port: u16, instances: u16) -> serde_json::Value {
@@ -37,10 +33,7 @@ fn socket_activation_starts_the_master_and_its_workers() {
     let port = free_port();
     let sb = Sandbox::boot(&app, &[(&app, config(port, 2))]);
     sb.systemctl(&["start", &format!("sio@{app}.socket")]);
-    assert!(
-        sb.active_workers(&app).is_empty(),
-        "nothing runs before the first connection"
-    );
+    assert!(sb.active_workers(&app).is_empty(), "nothing runs before the first connection");
     // The first connection activates the master, which starts the workers.
     let r = node("cluster.js", &[&port.to_string()]);
     assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
@@ -49,19 +42,9 @@ fn socket_activation_starts_the_master_and_its_workers() {
     }
     assert_eq!(
         sb.active_workers(&app),
-        vec![
-            format!("sio-worker@{app}:1.service"),
-            format!("sio-worker@{app}:2.service")
-        ]
+        vec![format!("sio-worker@{app}:1.service"), format!("sio-worker@{app}:2.service")]
     );
-    let show = sb.systemctl(&[
-        "show",
-        &format!("sio@{app}.service"),
-        "-p",
-        "ActiveState",
-        "-p",
-        "StatusText",
-    ]);
+    let show = sb.systemctl(&["show", &format!("sio@{app}.service"), "-p", "ActiveState", "-p", "StatusText"]);
     assert!(show.contains("ActiveState=active"), "{show}");
     assert!(show.contains("StatusText=2 workers ready, "), "{show}");
     // Logs: structured fields in the journal, and sioctl logs shows master and workers.
@@ -69,10 +52,7 @@ fn socket_activation_starts_the_master_and_its_workers() {
     assert!(fields.contains("master started"), "{fields}");
     let logs = sb.sioctl(&["logs", &app, "-n", "500"], None);
     let logs = String::from_utf8_lossy(&logs.stdout);
-    assert!(
-        logs.contains(&format!("sio@{app}.service")) || logs.contains("master started"),
-        "{logs}"
-    );
+    assert!(logs.contains(&format!("sio@{app}.service")) || logs.contains("master started"), "{logs}");
     assert!(logs.contains(&format!("sio-worker@{app}:1")), "{logs}");
 }
 
@@ -82,41 +62,21 @@ fn running(instances: u16) -> (Sandbox, String, u16) {
     let app = app_name();
     let port = free_port();
     let sb = Sandbox::boot(&app, &[(&app, config(port, instances))]);
-    sb.systemctl(&[
-        "start",
-        &format!("sio@{app}.socket"),
-        &format!("sio@{app}.service"),
-    ]);
-    sb.wait_status(
-        &app,
-        "workers ready",
-        Duration::from_secs(30),
-        ready(instances as usize),
-    );
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(instances as usize));
     (sb, app, port)
 }
 
 fn units(app: &str, slots: &[u16]) -> Vec<String> {
-    let mut u: Vec<String> = slots
-        .iter()
-        .map(|s| format!("sio-worker@{app}:{s}.service"))
-        .collect();
+    let mut u: Vec<String> = slots.iter().map(|s| format!("sio-worker@{app}:{s}.service")).collect();
     u.sort();
     u
 }
 
 fn sioctl_ok(sb: &Sandbox, args: &[&str]) -> String {
     let out = sb.sioctl(args, None);
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success(),
-        "sioctl {args:?}: {text}\n{}",
-        sb.journal(&["-n", "60"])
-    );
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "sioctl {args:?}: {text}\n{}", sb.journal(&["-n", "60"]));
     text
 }
 
@@ -128,33 +88,17 @@ fn scale_2_4_1_keeps_the_surviving_workers_clients() {
     assert_eq!(sb.active_workers(&app), units(&app, &[1, 2, 3, 4]));
     sb.wait_status(&app, "4 ready", Duration::from_secs(10), ready(4));
     let out = sioctl_ok(&sb, &["scale", &app, "1"]);
-    assert!(
-        out.contains("draining and stopping workers [2, 3, 4]"),
-        "{out}"
-    );
+    assert!(out.contains("draining and stopping workers [2, 3, 4]"), "{out}");
     assert_eq!(sb.active_workers(&app), units(&app, &[1]));
     let r = holder.report();
-    assert_eq!(
-        disconnects_of(&r, "w1"),
-        0,
-        "clients of the surviving worker stay connected: {r}"
-    );
+    assert_eq!(disconnects_of(&r, "w1"), 0, "clients of the surviving worker stay connected: {r}");
     assert!(
-        r["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["connected"] == true && c["now"] == "w1"),
+        r["clients"].as_array().unwrap().iter().all(|c| c["connected"] == true && c["now"] == "w1"),
         "the others came back to it: {r}"
     );
     // The count survives a master restart.
     sb.systemctl(&["restart", &format!("sio@{app}.service")]);
-    let s = sb.wait_status(
-        &app,
-        "1 ready after restart",
-        Duration::from_secs(20),
-        ready(1),
-    );
+    let s = sb.wait_status(&app, "1 ready after restart", Duration::from_secs(20), ready(1));
     assert_eq!(s["workers"][0]["slot"], 1, "{s}");
     assert_eq!(sb.active_workers(&app), units(&app, &[1]));
 }
@@ -168,38 +112,17 @@ fn master_restart_drops_no_connection_and_refuses_none() {
     std::thread::sleep(Duration::from_millis(300));
     sb.systemctl(&["restart", &format!("sio@{app}.service")]);
     std::thread::sleep(Duration::from_millis(500));
-    let after = sb.wait_status(
-        &app,
-        "ready after restart",
-        Duration::from_secs(20),
-        ready(2),
-    );
+    let after = sb.wait_status(&app, "ready after restart", Duration::from_secs(20), ready(2));
     let r = holder.report();
-    let disconnects: u64 = r["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|c| c["disconnects"].as_u64().unwrap())
-        .sum();
+    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
     assert_eq!(disconnects, 0, "{r}");
-    assert_eq!(
-        r["probes"]["failed"], 0,
-        "every new connection during the restart succeeded: {r}"
-    );
+    assert_eq!(r["probes"]["failed"], 0, "every new connection during the restart succeeded: {r}");
     assert!(r["probes"]["ok"].as_u64().unwrap() >= 10, "{r}");
     assert_ne!(before["pid"], after["pid"], "a new master");
-    let pids = |s: &serde_json::Value| {
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| w["pid"].clone())
-            .collect::<Vec<_>>()
-    };
+    let pids =
+        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
     assert_eq!(pids(&before), pids(&after), "the same workers, adopted");
-    assert!(sb
-        .journal(&[&format!("SIO_APP={app}"), "-o", "cat"])
-        .contains("adopting running workers"));
+    assert!(sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]).contains("adopting running workers"));
 }
 
 #[test]
@@ -215,19 +138,8 @@ fn a_sigkilled_worker_is_restarted_by_systemd() {
     });
     assert_ne!(s["workers"][0]["pid"].as_u64().unwrap().to_string(), agent);
     let r = holder.report();
-    assert_eq!(
-        disconnects_of(&r, "w2"),
-        0,
-        "clients of the other worker unaffected: {r}"
-    );
-    assert!(
-        r["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["connected"] == true),
-        "{r}"
-    );
+    assert_eq!(disconnects_of(&r, "w2"), 0, "clients of the other worker unaffected: {r}");
+    assert!(all_connected(&r), "{r}");
 }
 
 #[test]
@@ -237,30 +149,11 @@ fn rolling_reload_refuses_nothing_and_everyone_is_back() {
     holder.probe();
     sb.systemctl(&["reload", &format!("sio@{app}.service")]);
     let r = holder.report();
-    assert_eq!(
-        r["probes"]["failed"], 0,
-        "no refused connection during the reload: {r}"
-    );
-    assert!(
-        r["clients"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|c| c["connected"] == true),
-        "every client connected again: {r}"
-    );
+    assert_eq!(r["probes"]["failed"], 0, "no refused connection during the reload: {r}");
+    assert!(all_connected(&r), "every client connected again: {r}");
     let s = sb.wait_status(&app, "2 ready", Duration::from_secs(10), ready(2));
-    let slots: Vec<_> = s["workers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|w| w["slot"].as_u64().unwrap() as u16)
-        .collect();
-    assert_eq!(
-        slots,
-        vec![1, 3],
-        "worker 1 was replaced by 3, then 2 by 1: {s}"
-    );
+    let slots: Vec<_> = s["workers"].as_array().unwrap().iter().map(|w| w["slot"].as_u64().unwrap() as u16).collect();
+    assert_eq!(slots, vec![1, 3], "worker 1 was replaced by 3, then 2 by 1: {s}");
     assert_eq!(sb.active_workers(&app), units(&app, &[1, 3]));
     let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
     assert!(log.contains("worker 2 replaced by worker 1 (2/2)"), "{log}");
@@ -275,34 +168,16 @@ fn an_unprivileged_users_scale_is_denied_by_the_master() {
     assert!(err.contains("permission denied"), "{err}");
     // Reading is allowed.
     let out = sb.sioctl(&["status", &app], Some(65534));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(sb.active_workers(&app).len(), 2);
-    assert!(sb
-        .journal(&[&format!("SIO_APP={app}"), "-o", "cat"])
-        .contains("permission denied"));
+    assert!(sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]).contains("permission denied"));
 }
 
 #[test]
 fn stopping_socket_and_service_leaves_nothing_running() {
     let (sb, app, _) = running(2);
-    sb.systemctl(&[
-        "stop",
-        &format!("sio@{app}.socket"),
-        &format!("sio@{app}.service"),
-    ]);
-    assert!(
-        sb.active_workers(&app).is_empty(),
-        "{:?}",
-        sb.active_workers(&app)
-    );
+    sb.systemctl(&["stop", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    assert!(sb.active_workers(&app).is_empty(), "{:?}", sb.active_workers(&app));
     let left = sb.exec(&["pgrep", "-f", "worker.js|sio (master|worker)"]);
-    assert!(
-        left.stdout.is_empty(),
-        "still running: {}",
-        String::from_utf8_lossy(&left.stdout)
-    );
+    assert!(left.stdout.is_empty(), "still running: {}", String::from_utf8_lossy(&left.stdout));
 }

@@ -29,12 +29,11 @@ fn every_value_kind_round_trips_through_node() {
         let mut reader = FrameReader::new(Prefix::Node, 1 << 30);
         let mut seen = 0;
         let report = loop {
-            let payload =
-                tokio::time::timeout(Duration::from_secs(20), reader.next(channel.link()))
-                    .await
-                    .expect("node answers")
-                    .unwrap()
-                    .expect("node keeps the channel open");
+            let payload = tokio::time::timeout(Duration::from_secs(20), reader.next(channel.link()))
+                .await
+                .expect("node answers")
+                .unwrap()
+                .expect("node keeps the channel open");
             let value = v8::decode(payload).unwrap_or_else(|e| panic!("message {seen}: {e}"));
             seen += 1;
             if value.get("done").is_some() {
@@ -67,11 +66,7 @@ fn every_value_kind_round_trips_through_node() {
             }
             let again = v8::encode_frame(&value);
             // Compared as bytes: NaN is not equal to itself as a value.
-            assert_eq!(
-                v8::encode_frame(&v8::decode(&again[4..]).unwrap()),
-                again,
-                "Rust round trip of message {seen}"
-            );
+            assert_eq!(v8::encode_frame(&v8::decode(&again[4..]).unwrap()), again, "Rust round trip of message {seen}");
             channel.send_frame(again.into());
         };
         let _ = child.kill().await;
@@ -85,11 +80,5 @@ fn every_value_kind_round_trips_through_node() {
         }
         other => panic!("no mismatch list: {other:?}"),
     }
-    assert!(
-        report
-            .get("fromRust")
-            .and_then(Value::as_js_str)
-            .is_some_and(|s| s.eq_str("ok")),
-        "{report:?}"
-    );
+    assert!(report.get("fromRust").and_then(Value::as_js_str).is_some_and(|s| s.eq_str("ok")), "{report:?}");
 }

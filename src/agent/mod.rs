@@ -90,22 +90,11 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
     };
     let mut child = match spawn_worker(&cfg, slot, &preload, child_end) {
         Ok(c) => c,
-        Err(e) => {
-            return Exit::Failed(format!(
-                "cannot start {:?} in {}: {e}",
-                cfg.command,
-                cfg.cwd.display()
-            ))
-        }
+        Err(e) => return Exit::Failed(format!("cannot start {:?} in {}: {e}", cfg.command, cfg.cwd.display())),
     };
     let pid = child.id().unwrap_or(0);
     info!(app = %cfg.app, worker = slot, pid, "worker started");
-    let agent = Rc::new(Agent {
-        cfg,
-        slot,
-        node,
-        held: RefCell::default(),
-    });
+    let agent = Rc::new(Agent { cfg, slot, node, held: RefCell::default() });
     tokio::task::spawn_local({
         let link = agent.node.link().clone();
         async move {
@@ -140,18 +129,9 @@ fn spawn_worker(
     channel: ChildEnd,
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&cfg.command[0]);
-    cmd.args(&cfg.command[1..])
-        .current_dir(&cfg.cwd)
-        .envs(&cfg.env);
+    cmd.args(&cfg.command[1..]).current_dir(&cfg.cwd).envs(&cfg.env);
     // What systemd gave the agent is the agent's, not the worker's.
-    for var in [
-        "NOTIFY_SOCKET",
-        "WATCHDOG_USEC",
-        "WATCHDOG_PID",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-    ] {
+    for var in ["NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
         cmd.env_remove(var);
     }
     let fd = channel.raw();
@@ -161,19 +141,9 @@ fn spawn_worker(
         .env("NODE_APP_INSTANCE", (slot - 1).to_string())
         .env("SIO_APP", &cfg.app)
         .env("SIO_WORKER_SLOT", slot.to_string());
-    let before = cfg
-        .env
-        .get("NODE_OPTIONS")
-        .cloned()
-        .or_else(|| std::env::var("NODE_OPTIONS").ok());
-    let quoted = preload
-        .display()
-        .to_string()
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"");
-    let options = format!("{} --require \"{quoted}\"", before.as_deref().unwrap_or(""))
-        .trim()
-        .to_owned();
+    let before = cfg.env.get("NODE_OPTIONS").cloned().or_else(|| std::env::var("NODE_OPTIONS").ok());
+    let quoted = preload.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
+    let options = format!("{} --require \"{quoted}\"", before.as_deref().unwrap_or("")).trim().to_owned();
     cmd.env("NODE_OPTIONS", options);
     match before {
         Some(b) => cmd.env("SIO_NODE_OPTIONS", b),
@@ -195,10 +165,7 @@ fn spawn_worker(
 impl Agent {
     async fn stop_worker(&self, child: &mut tokio::process::Child, pid: u32) {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
-        if tokio::time::timeout(self.cfg.timeouts.stop_ms, child.wait())
-            .await
-            .is_err()
-        {
+        if tokio::time::timeout(self.cfg.timeouts.stop_ms, child.wait()).await.is_err() {
             warn!(app = %self.cfg.app, worker = self.slot, pid, "worker ignored SIGTERM for {:?}: SIGKILL", self.cfg.timeouts.stop_ms);
             let _ = child.kill().await;
         }
@@ -220,8 +187,7 @@ impl Agent {
                 let limit = self.cfg.limits.bus_queue_bytes;
                 if held.backlog_bytes + frame.len() <= limit {
                     held.backlog_bytes += frame.len();
-                    held.backlog
-                        .push_back(ToMaster::Adapter { header, frame }.to_frame());
+                    held.backlog.push_back(ToMaster::Adapter { header, frame }.to_frame());
                 }
             }
             (None, _) => {}
@@ -236,21 +202,13 @@ impl Agent {
             reader.fds.clear();
             let payload = match reader.next(self.node.link()).await {
                 Ok(Some(p)) => p,
-                Ok(None) => {
-                    return debug!(app = %self.cfg.app, worker = self.slot, "worker closed its channel")
-                }
+                Ok(None) => return debug!(app = %self.cfg.app, worker = self.slot, "worker closed its channel"),
                 Err(e) if is_disconnect(&e) => return,
-                Err(e) => {
-                    return error!(app = %self.cfg.app, worker = self.slot, "worker channel: {e}")
-                }
+                Err(e) => return error!(app = %self.cfg.app, worker = self.slot, "worker channel: {e}"),
             };
             match nodeipc::classify(payload) {
                 Ok(msg) => {
-                    let frame = if matches!(msg, FromChild::Adapter(_)) {
-                        Some(node_frame(payload))
-                    } else {
-                        None
-                    };
+                    let frame = if matches!(msg, FromChild::Adapter(_)) { Some(node_frame(payload)) } else { None };
                     self.on_node_message(msg, frame);
                 }
                 Err(e) => {
@@ -274,21 +232,12 @@ impl Agent {
                 }
             }
             FromChild::ClusterNotice => {}
-            FromChild::QueryServer {
-                seq,
-                address,
-                port,
-                address_type,
-            } => {
+            FromChild::QueryServer { seq, address, port, address_type } => {
                 warn!(app = %self.cfg.app, worker = self.slot, port, "the worker called listen(): ignored, connections come from the sio master");
-                self.node.send_frame(
-                    nodeipc::query_server_reply_frame(&seq, address.as_deref(), port, address_type)
-                        .into(),
-                );
+                self.node
+                    .send_frame(nodeipc::query_server_reply_frame(&seq, address.as_deref(), port, address_type).into());
             }
-            FromChild::ExitedAfterDisconnect { seq } => self
-                .node
-                .send_frame(nodeipc::cluster_ack_frame(&seq).into()),
+            FromChild::ExitedAfterDisconnect { seq } => self.node.send_frame(nodeipc::cluster_ack_frame(&seq).into()),
             FromChild::OtherInternal(cmd) => {
                 debug!(app = %self.cfg.app, worker = self.slot, cmd, "internal message ignored")
             }
@@ -316,10 +265,7 @@ impl Agent {
                         held.adapters.insert(key);
                     }
                 }
-                self.to_master(ToMaster::Adapter {
-                    header,
-                    frame: frame.expect("adapter frames are kept"),
-                });
+                self.to_master(ToMaster::Adapter { header, frame: frame.expect("adapter frames are kept") });
             }
             FromChild::App => {
                 debug!(app = %self.cfg.app, worker = self.slot, "app message ignored")
@@ -363,19 +309,13 @@ impl Agent {
         });
         let hello = ToMaster::Hello {
             version: PROTOCOL_VERSION,
-            role: Role::Agent {
-                app: self.cfg.app.clone(),
-                slot: self.slot,
-                pid: std::process::id(),
-            },
+            role: Role::Agent { app: self.cfg.app.clone(), slot: self.slot, pid: std::process::id() },
         };
         link.send(hello.to_frame().into(), None);
         let mut reader = FrameReader::new(Prefix::Bus, wire::MAX_FRAME);
         match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
             Ok(Some(Ok(ToAgent::Welcome { .. }))) => {}
-            Ok(Some(Ok(ToAgent::Refused(reason)))) => {
-                return Err(format!("the master refused this agent: {reason}"))
-            }
+            Ok(Some(Ok(ToAgent::Refused(reason)))) => return Err(format!("the master refused this agent: {reason}")),
             _ => {
                 link.close();
                 return Ok(());
@@ -422,11 +362,7 @@ impl Agent {
         let mut held = self.held.borrow_mut();
         let mut replay = Vec::new();
         for (uid, nsp) in &held.adapters {
-            ToMaster::AdapterSeen {
-                uid: uid.clone(),
-                nsp: nsp.clone(),
-            }
-            .encode(&mut replay);
+            ToMaster::AdapterSeen { uid: uid.clone(), nsp: nsp.clone() }.encode(&mut replay);
         }
         for sid in &held.sessions {
             ToMaster::SessionOpened(sid.clone()).encode(&mut replay);

@@ -15,20 +15,13 @@ use std::path::{Path, PathBuf};
 const SOURCE: &str = include_str!("preload.js");
 
 fn content_hash() -> u64 {
-    SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn private_dir() -> io::Result<PathBuf> {
     if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
         // systemd may pass several, colon-separated: the first is ours.
-        let first = d
-            .to_string_lossy()
-            .split(':')
-            .next()
-            .unwrap_or_default()
-            .to_owned();
+        let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
         return Ok(PathBuf::from(first));
     }
     let uid = nix::unistd::geteuid().as_raw();
@@ -43,10 +36,7 @@ fn private_dir() -> io::Result<PathBuf> {
     }
     let meta = fs::symlink_metadata(&dir)?;
     if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o022 != 0 {
-        return Err(io::Error::other(format!(
-            "{} is not a private folder of uid {uid}",
-            dir.display()
-        )));
+        return Err(io::Error::other(format!("{} is not a private folder of uid {uid}", dir.display())));
     }
     Ok(dir)
 }
@@ -66,12 +56,7 @@ fn write_atomically(dir: &Path, path: &Path) -> io::Result<()> {
     let tmp = dir.join(format!(".preload-{}.tmp", std::process::id()));
     {
         use std::io::Write;
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o644)
-            .open(&tmp)?;
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o644).open(&tmp)?;
         f.write_all(SOURCE.as_bytes())?;
     }
     fs::rename(&tmp, path)

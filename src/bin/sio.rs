@@ -8,11 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
-#[command(
-    name = "sio",
-    version,
-    about = "Scale Socket.IO servers across CPU cores, supervised by systemd"
-)]
+#[command(name = "sio", version, about = "Scale Socket.IO servers across CPU cores, supervised by systemd")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -79,9 +75,7 @@ fn config_error(e: ConfigError) -> ExitCode {
 
 fn load_app(dir: &Path, app: &str) -> Result<AppConfig, ExitCode> {
     if !sio::config::valid_app_name(app) {
-        return Err(fail(format!(
-            "{app:?} is not an app name (1-64 of A-Z a-z 0-9 _ -)"
-        )));
+        return Err(fail(format!("{app:?} is not an app name (1-64 of A-Z a-z 0-9 _ -)")));
     }
     AppConfig::load(&AppConfig::path_in(dir, app)).map_err(config_error)
 }
@@ -91,11 +85,8 @@ fn main() -> ExitCode {
     sio::logging::init();
     match cli.command {
         Command::Up { path } => {
-            let configs = if path.is_dir() {
-                AppConfig::load_dir(&path)
-            } else {
-                AppConfig::load(&path).map(|c| vec![c])
-            };
+            let configs =
+                if path.is_dir() { AppConfig::load_dir(&path) } else { AppConfig::load(&path).map(|c| vec![c]) };
             let configs = match configs {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
@@ -105,11 +96,7 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Master {
-            app,
-            config_dir,
-            supervisor,
-        } => {
+        Command::Master { app, config_dir, supervisor } => {
             let cfg = match load_app(&config_dir, &app) {
                 Ok(c) => c,
                 Err(code) => return code,
@@ -125,33 +112,18 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Generate {
-            out,
-            rest: _,
-            config_dir,
-        } => match sio::systemd::generator::generate(&config_dir, &out) {
+        Command::Generate { out, rest: _, config_dir } => match sio::systemd::generator::generate(&config_dir, &out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("generator: {e}")),
         },
-        Command::Worker {
-            instance,
-            config_dir,
-            config,
-        } => {
-            let Some((app, slot)) = instance
-                .split_once(':')
-                .and_then(|(a, n)| Some((a.to_owned(), n.parse::<u16>().ok()?)))
+        Command::Worker { instance, config_dir, config } => {
+            let Some((app, slot)) =
+                instance.split_once(':').and_then(|(a, n)| Some((a.to_owned(), n.parse::<u16>().ok()?)))
             else {
-                return fail(format!(
-                    "{instance:?} is not APP:N (N from 1 to {})",
-                    sio::sid::MAX_SLOT
-                ));
+                return fail(format!("{instance:?} is not APP:N (N from 1 to {})", sio::sid::MAX_SLOT));
             };
             if slot == 0 || slot > sio::sid::MAX_SLOT {
-                return fail(format!(
-                    "worker number {slot} is out of range 1..={}",
-                    sio::sid::MAX_SLOT
-                ));
+                return fail(format!("worker number {slot} is out of range 1..={}", sio::sid::MAX_SLOT));
             }
             let cfg = match config {
                 Some(path) => AppConfig::load(&path).map_err(config_error),
@@ -159,13 +131,7 @@ fn main() -> ExitCode {
             };
             let cfg = match cfg {
                 Ok(c) if c.app == app => c,
-                Ok(c) => {
-                    return fail(format!(
-                        "{} configures app {:?}, not {app:?}",
-                        c.path.display(),
-                        c.app
-                    ))
-                }
+                Ok(c) => return fail(format!("{} configures app {:?}, not {app:?}", c.path.display(), c.app)),
                 Err(code) => return code,
             };
             let exit = sio::up::block_on(sio::agent::run(cfg, slot));

@@ -16,11 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(
-    name = "sioctl",
-    version,
-    about = "Operate sio apps (PM2's verbs, on systemd)"
-)]
+#[command(name = "sioctl", version, about = "Operate sio apps (PM2's verbs, on systemd)")]
 struct Cli {
     /// Folder of APP.json files.
     #[arg(long, global = true, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
@@ -66,25 +62,15 @@ fn ask(app: &str, request: &Request) -> Result<Response, String> {
     let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
     let mut s = UnixStream::connect_addr(&addr)
         .map_err(|e| format!("the master of {app:?} is not running (bus @{name}: {e})"))?;
-    let timeout = if matches!(request, Request::Status) {
-        10
-    } else {
-        3600
-    };
-    s.set_read_timeout(Some(Duration::from_secs(timeout)))
-        .map_err(|e| e.to_string())?;
+    let timeout = if matches!(request, Request::Status) { 10 } else { 3600 };
+    s.set_read_timeout(Some(Duration::from_secs(timeout))).map_err(|e| e.to_string())?;
     let mut out = Vec::new();
-    ToMaster::Hello {
-        version: PROTOCOL_VERSION,
-        role: Role::Control,
-    }
-    .encode(&mut out);
+    ToMaster::Hello { version: PROTOCOL_VERSION, role: Role::Control }.encode(&mut out);
     ToMaster::Control(serde_json::to_vec(request).expect("requests serialize")).encode(&mut out);
     s.write_all(&out).map_err(|e| format!("bus: {e}"))?;
     loop {
         let mut len = [0u8; 4];
-        s.read_exact(&mut len)
-            .map_err(|e| format!("the master hung up: {e}"))?;
+        s.read_exact(&mut len).map_err(|e| format!("the master hung up: {e}"))?;
         let len = u32::from_le_bytes(len) as usize;
         if len > wire::MAX_FRAME {
             return Err("oversized answer".into());
@@ -116,11 +102,7 @@ fn print_status(s: &Status) {
         "master pid {}, listening on {}{}",
         s.pid,
         listen.join(", "),
-        if s.activated {
-            " (socket-activated)"
-        } else {
-            ""
-        }
+        if s.activated { " (socket-activated)" } else { "" }
     );
     println!(
         "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
@@ -129,9 +111,7 @@ fn print_status(s: &Status) {
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         let u = w.usage.clone().unwrap_or_default();
-        let cpu = u
-            .cpu_ns
-            .map_or("-".into(), |ns| format!("{:.1}s", ns as f64 / 1e9));
+        let cpu = u.cpu_ns.map_or("-".into(), |ns| format!("{:.1}s", ns as f64 / 1e9));
         let restarts = u.restarts.map_or("-".into(), |r| r.to_string());
         println!(
             "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
@@ -147,11 +127,7 @@ fn print_status(s: &Status) {
 }
 
 fn apps(cli: &Cli) -> Result<Vec<String>, String> {
-    Ok(AppConfig::load_dir(&cli.config_dir)
-        .map_err(|e| e.to_string())?
-        .into_iter()
-        .map(|c| c.app)
-        .collect())
+    Ok(AppConfig::load_dir(&cli.config_dir).map_err(|e| e.to_string())?.into_iter().map(|c| c.app).collect())
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
@@ -231,12 +207,7 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::Scale { app, instances } => run_change(
-            app,
-            Request::Scale {
-                instances: *instances,
-            },
-        ),
+        Command::Scale { app, instances } => run_change(app, Request::Scale { instances: *instances }),
         Command::Reload { app } => run_change(app, Request::Reload),
         Command::Logs { app, follow, lines } => {
             let mut cmd = std::process::Command::new("journalctl");

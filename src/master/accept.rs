@@ -45,11 +45,7 @@ impl Master {
     /// Peeks at the head without consuming anything.
     pub(super) fn peek(&self, conn: &OwnedFd) -> Peeked {
         let mut scratch = self.scratch.borrow_mut();
-        match recv(
-            conn.as_raw_fd(),
-            &mut scratch,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT,
-        ) {
+        match recv(conn.as_raw_fd(), &mut scratch, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Ok(0) => Peeked::Closed,
             Ok(n) => match http_head::parse(&scratch[..n], self.cfg.limits.max_head_bytes) {
                 Ok(Some(head)) => Peeked::Head(head),
@@ -82,10 +78,7 @@ impl Master {
                 _ = shutdown.recv() => return,
             };
             for _ in 0..ACCEPT_BATCH {
-                match accept4(
-                    listener.get_ref().as_raw_fd(),
-                    SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
-                ) {
+                match accept4(listener.get_ref().as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
                     // SAFETY: accept4 returned a new descriptor that nobody else owns.
                     Ok(fd) => self.accepted(unsafe { OwnedFd::from_raw_fd(fd) }),
                     Err(Errno::EAGAIN) => {
@@ -140,9 +133,7 @@ impl Master {
                         _ = tokio::time::sleep_until(deadline.into()) => break Peeked::TimedOut,
                     };
                     match self.peek(conn.get_ref()) {
-                        Peeked::Incomplete if guard.ready().is_read_closed() => {
-                            break Peeked::Closed
-                        }
+                        Peeked::Incomplete if guard.ready().is_read_closed() => break Peeked::Closed,
                         Peeked::Incomplete => guard.clear_ready(),
                         done => break done,
                     }
@@ -155,13 +146,9 @@ impl Master {
         self.room.notify_one();
         match outcome {
             Some((conn, Peeked::Head(head))) => self.dispatch(conn, head, 0),
-            Some((conn, Peeked::TimedOut)) => {
-                self.count_and_answer(conn, http_head::response::HEAD_TIMEOUT)
-            }
+            Some((conn, Peeked::TimedOut)) => self.count_and_answer(conn, http_head::response::HEAD_TIMEOUT),
             Some((conn, Peeked::Bad(e))) => self.count_and_answer(conn, e.response()),
-            Some((_, Peeked::Closed | Peeked::Incomplete)) | None => {
-                self.st.borrow_mut().counters.closed_early += 1
-            }
+            Some((_, Peeked::Closed | Peeked::Incomplete)) | None => self.st.borrow_mut().counters.closed_early += 1,
         }
     }
 
@@ -183,11 +170,7 @@ impl Master {
     /// for a moment before closing: closing with unread data would make the
     /// kernel send a reset that can destroy the answer in flight.
     pub(super) fn answer(self: &Rc<Self>, conn: OwnedFd, response: &'static [u8]) {
-        let _ = send(
-            conn.as_raw_fd(),
-            response,
-            MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT,
-        );
+        let _ = send(conn.as_raw_fd(), response, MsgFlags::MSG_NOSIGNAL | MsgFlags::MSG_DONTWAIT);
         let _ = shutdown(conn.as_fd().as_raw_fd(), How::Write);
         self.st.borrow_mut().lingering += 1;
         let master = self.clone();
@@ -201,11 +184,7 @@ impl Master {
                     let Ok(mut g) = conn.readable().await else {
                         return;
                     };
-                    match recv(
-                        conn.get_ref().as_raw_fd(),
-                        &mut sink,
-                        MsgFlags::MSG_DONTWAIT,
-                    ) {
+                    match recv(conn.get_ref().as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
                         Ok(0) => return,
                         Ok(_) => {}
                         Err(Errno::EAGAIN) => g.clear_ready(),

@@ -33,10 +33,7 @@ pub(super) fn listen(app: &str) -> std::io::Result<UnixListener> {
     let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
     let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
         if e.kind() == std::io::ErrorKind::AddrInUse {
-            std::io::Error::new(
-                e.kind(),
-                format!("another master of {app:?} is running (bus @{name} is taken)"),
-            )
+            std::io::Error::new(e.kind(), format!("another master of {app:?} is running (bus @{name} is taken)"))
         } else {
             std::io::Error::new(e.kind(), format!("cannot bind bus @{name}: {e}"))
         }
@@ -88,18 +85,16 @@ impl Master {
             Ok(Ok(Some(body))) => ToMaster::decode(body),
             Ok(Ok(None)) => return,
             Ok(Err(e)) => return debug!(app = %self.cfg.app, "bus peer failed before hello: {e}"),
-            Err(_) => {
-                return warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer said nothing: dropped")
-            }
+            Err(_) => return warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer said nothing: dropped"),
         };
         let role = match hello {
-            Ok(ToMaster::Hello {
-                version: PROTOCOL_VERSION,
-                role,
-            }) => role,
+            Ok(ToMaster::Hello { version: PROTOCOL_VERSION, role }) => role,
             Ok(ToMaster::Hello { version, .. }) => {
                 warn!(app = %self.cfg.app, version, "bus peer speaks another protocol version");
-                return refuse(&link, &format!("protocol version {version} not supported (this master speaks {PROTOCOL_VERSION})"));
+                return refuse(
+                    &link,
+                    &format!("protocol version {version} not supported (this master speaks {PROTOCOL_VERSION})"),
+                );
             }
             Ok(_) | Err(_) => {
                 warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer did not start with hello: dropped");
@@ -113,51 +108,24 @@ impl Master {
                 if creds.uid() != me && creds.uid() != 0 {
                     self.st.borrow_mut().counters.refused_peers += 1;
                     warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
-                    return refuse(
-                        &link,
-                        "permission denied: uid not allowed to serve this app",
-                    );
+                    return refuse(&link, "permission denied: uid not allowed to serve this app");
                 }
                 if app != self.cfg.app {
-                    return refuse(
-                        &link,
-                        &format!("this bus belongs to app {:?}, not {app:?}", self.cfg.app),
-                    );
+                    return refuse(&link, &format!("this bus belongs to app {:?}, not {app:?}", self.cfg.app));
                 }
                 if !self.st.borrow_mut().router.connected(slot) {
                     warn!(app = %self.cfg.app, worker = slot, pid, "second agent for one slot refused");
                     return refuse(&link, &format!("slot {slot} already has an agent"));
                 }
-                self.st.borrow_mut().peers.insert(
-                    slot,
-                    Peer {
-                        link: link.clone(),
-                        pid,
-                        in_flight: HashMap::new(),
-                    },
-                );
-                link.send(
-                    ToAgent::Welcome {
-                        version: PROTOCOL_VERSION,
-                    }
-                    .to_frame()
-                    .into(),
-                    None,
-                );
+                self.st.borrow_mut().peers.insert(slot, Peer { link: link.clone(), pid, in_flight: HashMap::new() });
+                welcome(&link);
                 info!(app = %self.cfg.app, worker = slot, pid, "worker connected");
                 self.worker_changed();
                 self.serve_agent(slot, &link, reader).await;
                 self.agent_gone(slot);
             }
             Role::Control => {
-                link.send(
-                    ToAgent::Welcome {
-                        version: PROTOCOL_VERSION,
-                    }
-                    .to_frame()
-                    .into(),
-                    None,
-                );
+                welcome(&link);
                 self.serve_control(&link, reader, creds).await;
                 link.close();
             }
@@ -173,15 +141,11 @@ impl Master {
                 Ok(Some(body)) => body,
                 Ok(None) => return,
                 Err(e) if is_disconnect(&e) => return,
-                Err(e) => {
-                    return warn!(app = %self.cfg.app, worker = slot, "agent link failed: {e}")
-                }
+                Err(e) => return warn!(app = %self.cfg.app, worker = slot, "agent link failed: {e}"),
             };
             let msg = match ToMaster::decode(body) {
                 Ok(m) => m,
-                Err(e) => {
-                    return warn!(app = %self.cfg.app, worker = slot, "agent sent a bad frame ({e}): dropped")
-                }
+                Err(e) => return warn!(app = %self.cfg.app, worker = slot, "agent sent a bad frame ({e}): dropped"),
             };
             let now = Instant::now();
             match msg {
@@ -194,29 +158,18 @@ impl Master {
                     debug!(app = %self.cfg.app, worker = slot, sid = %sid, "session opened");
                     self.st.borrow_mut().router.session_opened(slot, &sid, now);
                 }
-                ToMaster::SessionClosed(sid) => {
-                    self.st.borrow_mut().router.session_closed(slot, &sid)
-                }
+                ToMaster::SessionClosed(sid) => self.st.borrow_mut().router.session_closed(slot, &sid),
                 ToMaster::HandoffDone(id) => {
                     let mut st = self.st.borrow_mut();
-                    st.peers
-                        .get_mut(&slot)
-                        .and_then(|p| p.in_flight.remove(&id));
+                    st.peers.get_mut(&slot).and_then(|p| p.in_flight.remove(&id));
                 }
                 ToMaster::HandoffFailed(id) => {
-                    let flight = self
-                        .st
-                        .borrow_mut()
-                        .peers
-                        .get_mut(&slot)
-                        .and_then(|p| p.in_flight.remove(&id));
+                    let flight = self.st.borrow_mut().peers.get_mut(&slot).and_then(|p| p.in_flight.remove(&id));
                     if let Some(flight) = flight {
                         self.reroute(flight);
                     }
                 }
-                ToMaster::AdapterSeen { uid, nsp } => {
-                    self.st.borrow_mut().router.adapter_seen(slot, &uid, &nsp)
-                }
+                ToMaster::AdapterSeen { uid, nsp } => self.st.borrow_mut().router.adapter_seen(slot, &uid, &nsp),
                 ToMaster::Adapter { header, frame } => {
                     let mut st = self.st.borrow_mut();
                     let st = &mut *st;
@@ -228,9 +181,7 @@ impl Master {
                         };
                         if peer.link.queued_bytes() + out.len() > self.cfg.limits.bus_queue_bytes {
                             st.counters.dropped_frames += 1;
-                            if last_drop_warning
-                                .is_none_or(|t| now.duration_since(t) > DROP_WARNING_EVERY)
-                            {
+                            if last_drop_warning.is_none_or(|t| now.duration_since(t) > DROP_WARNING_EVERY) {
                                 last_drop_warning = Some(now);
                                 warn!(app = %self.cfg.app, worker = target, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
                             }
@@ -249,17 +200,10 @@ impl Master {
 
     /// Operators: anyone may read the status; scaling and reloading need
     /// root, the master's own user, or the app's `control_group`.
-    async fn serve_control(
-        self: &Rc<Self>,
-        link: &Link,
-        mut reader: FrameReader,
-        creds: UnixCredentials,
-    ) {
+    async fn serve_control(self: &Rc<Self>, link: &Link, mut reader: FrameReader, creds: UnixCredentials) {
         let reply = |r: &Response| {
             link.send(
-                ToAgent::ControlReply(serde_json::to_vec(r).expect("responses serialize"))
-                    .to_frame()
-                    .into(),
+                ToAgent::ControlReply(serde_json::to_vec(r).expect("responses serialize")).to_frame().into(),
                 None,
             )
         };
@@ -283,13 +227,8 @@ impl Master {
                     ))
                 }
                 Ok(Request::Status) => Response::Status(Box::new(self.status_with_usage().await)),
-                Ok(Request::Scale { instances })
-                    if !(1..=crate::sid::MAX_SLOT).contains(&instances) =>
-                {
-                    Response::Error(format!(
-                        "cannot scale to {instances}: from 1 to {} workers",
-                        crate::sid::MAX_SLOT
-                    ))
+                Ok(Request::Scale { instances }) if !(1..=crate::sid::MAX_SLOT).contains(&instances) => {
+                    Response::Error(format!("cannot scale to {instances}: from 1 to {} workers", crate::sid::MAX_SLOT))
                 }
                 Ok(Request::Scale { instances }) => match self.scale(instances, &progress).await {
                     Ok(done) => Response::Done(done),
@@ -308,11 +247,8 @@ impl Master {
         if creds.uid() == 0 || creds.uid() == nix::unistd::geteuid().as_raw() {
             return true;
         }
-        let Some(group) = self
-            .cfg
-            .control_group
-            .as_deref()
-            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+        let Some(group) =
+            self.cfg.control_group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
         else {
             return false;
         };
@@ -324,13 +260,12 @@ impl Master {
 /// A process's supplementary groups (SO_PEERCRED carries only the primary one).
 fn supplementary_groups(pid: i32) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let line = status
-        .lines()
-        .find_map(|l| l.strip_prefix("Groups:"))
-        .unwrap_or("");
-    line.split_whitespace()
-        .filter_map(|g| g.parse().ok())
-        .collect()
+    let line = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or("");
+    line.split_whitespace().filter_map(|g| g.parse().ok()).collect()
+}
+
+fn welcome(link: &Link) {
+    link.send(ToAgent::Welcome { version: PROTOCOL_VERSION }.to_frame().into(), None);
 }
 
 /// Says why, then hangs up.

@@ -21,12 +21,7 @@ use tracing::{error, info};
 /// (`sio up`), a scale lasts as long as the master.
 fn state_file(app: &str) -> Option<PathBuf> {
     let dir = std::env::var_os("SIO_STATE_DIR").or_else(|| std::env::var_os("STATE_DIRECTORY"))?;
-    let first = dir
-        .to_string_lossy()
-        .split(':')
-        .next()
-        .unwrap_or_default()
-        .to_owned();
+    let first = dir.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
     Some(PathBuf::from(first).join(format!("{app}.instances")))
 }
 
@@ -59,10 +54,7 @@ impl Master {
         if !adopted.is_empty() {
             info!(app = %self.cfg.app, workers = ?adopted, "adopting running workers");
         }
-        if let Err(e) = self
-            .reconcile(&|line| info!(app = %self.cfg.app, "{line}"))
-            .await
-        {
+        if let Err(e) = self.reconcile(&|line| info!(app = %self.cfg.app, "{line}")).await {
             error!(app = %self.cfg.app, "{e}");
         }
     }
@@ -86,10 +78,7 @@ impl Master {
         } else if active.len() > desired {
             let extra = &active[desired..];
             progress(format!("draining and stopping workers {extra:?}"));
-            join_all(extra.iter().map(|&s| self.retire(s)))
-                .await
-                .into_iter()
-                .collect::<Result<Vec<()>, String>>()?;
+            join_all(extra.iter().map(|&s| self.retire(s))).await.into_iter().collect::<Result<Vec<()>, String>>()?;
             Ok(format!("{desired} workers"))
         } else {
             Ok(format!("{desired} workers already"))
@@ -112,14 +101,8 @@ impl Master {
                 return Ok(());
             }
             let changed = self.workers_changed.notified();
-            if tokio::time::timeout_at(deadline.into(), changed)
-                .await
-                .is_err()
-            {
-                return Err(format!(
-                    "worker {slot} was not ready within {:?}",
-                    self.cfg.timeouts.ready_ms
-                ));
+            if tokio::time::timeout_at(deadline.into(), changed).await.is_err() {
+                return Err(format!("worker {slot} was not ready within {:?}", self.cfg.timeouts.ready_ms));
             }
         }
     }
@@ -142,8 +125,7 @@ impl Master {
 
     pub(super) async fn scale(&self, n: u16, progress: Progress<'_>) -> Result<String, String> {
         let _op = self.ops.lock().await;
-        save_instances(&self.cfg.app, n)
-            .map_err(|e| format!("cannot save the worker count: {e}"))?;
+        save_instances(&self.cfg.app, n).map_err(|e| format!("cannot save the worker count: {e}"))?;
         self.desired.set(n);
         info!(app = %self.cfg.app, instances = n, "scaling");
         self.reconcile(progress).await
@@ -162,15 +144,9 @@ impl Master {
                 st.router.expect(new);
                 new
             };
-            self.start_and_wait(new)
-                .await
-                .map_err(|e| format!("reload stopped, worker {slot} kept: {e}"))?;
+            self.start_and_wait(new).await.map_err(|e| format!("reload stopped, worker {slot} kept: {e}"))?;
             self.retire(slot).await?;
-            progress(format!(
-                "worker {slot} replaced by worker {new} ({}/{})",
-                i + 1,
-                old.len()
-            ));
+            progress(format!("worker {slot} replaced by worker {new} ({}/{})", i + 1, old.len()));
         }
         Ok(format!("reloaded {} workers", old.len()))
     }
@@ -203,8 +179,7 @@ impl Master {
                 notify::status(&summary);
                 last = summary;
             }
-            let _ =
-                tokio::time::timeout(Duration::from_secs(1), self.workers_changed.notified()).await;
+            let _ = tokio::time::timeout(Duration::from_secs(1), self.workers_changed.notified()).await;
         }
     }
 }

@@ -105,14 +105,9 @@ pub struct Master {
 
 impl Master {
     /// Binds the app's bus: fails if another master of the app runs.
-    pub fn new(
-        cfg: AppConfig,
-        listeners: &Listeners,
-        supervisor: Supervisor,
-    ) -> std::io::Result<Rc<Master>> {
+    pub fn new(cfg: AppConfig, listeners: &Listeners, supervisor: Supervisor) -> std::io::Result<Rc<Master>> {
         let scratch = RefCell::new(vec![0; cfg.limits.max_head_bytes]);
-        let desired =
-            Cell::new(fleet::saved_instances(&cfg.app).unwrap_or_else(|| cfg.instances.resolve()));
+        let desired = Cell::new(fleet::saved_instances(&cfg.app).unwrap_or_else(|| cfg.instances.resolve()));
         let bus = RefCell::new(Some(bus::listen(&cfg.app)?));
         Ok(Rc::new(Master {
             bus,
@@ -182,14 +177,7 @@ impl Master {
             self.count_and_answer(w.conn, http_head::response::NO_WORKER);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self
-            .st
-            .borrow()
-            .peers
-            .values()
-            .any(|p| !p.in_flight.is_empty())
-            && Instant::now() < deadline
-        {
+        while self.st.borrow().peers.values().any(|p| !p.in_flight.is_empty()) && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.supervisor.workers_stop_with_master().await {
@@ -211,12 +199,7 @@ impl Master {
                 let Some(peer) = st.peers.get_mut(&slot) else {
                     // Router and peers move together; this is a bug, not a client's fault.
                     warn!(worker = slot, "routable worker without an agent");
-                    st.waiting.push_back(Waiting {
-                        conn,
-                        head,
-                        since: now,
-                        attempts,
-                    });
+                    st.waiting.push_back(Waiting { conn, head, since: now, attempts });
                     return;
                 };
                 let id = st.next_handoff;
@@ -224,25 +207,12 @@ impl Master {
                 st.router.handed_off(slot, &head, now);
                 debug!(app = %self.cfg.app, worker = slot, sid = head.sid.as_deref().unwrap_or(""), handshake = head.handshake, "handoff");
                 let conn = Rc::new(conn);
-                peer.link
-                    .send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
-                peer.in_flight.insert(
-                    id,
-                    InFlight {
-                        conn,
-                        head,
-                        attempts,
-                    },
-                );
+                peer.link.send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
+                peer.in_flight.insert(id, InFlight { conn, head, attempts });
                 st.counters.handed_off += 1;
             }
             Route::Wait => {
-                st.waiting.push_back(Waiting {
-                    conn,
-                    head,
-                    since: now,
-                    attempts,
-                });
+                st.waiting.push_back(Waiting { conn, head, since: now, attempts });
                 self.waiting_changed.notify_one();
             }
         }
@@ -279,10 +249,8 @@ impl Master {
             let now = Instant::now();
             let expired: Vec<_> = {
                 let mut st = self.st.borrow_mut();
-                let (old, keep): (Vec<_>, Vec<_>) = st
-                    .waiting
-                    .drain(..)
-                    .partition(|w| now.duration_since(w.since) >= limit);
+                let (old, keep): (Vec<_>, Vec<_>) =
+                    st.waiting.drain(..).partition(|w| now.duration_since(w.since) >= limit);
                 st.waiting = keep.into();
                 st.counters.answered_503 += old.len() as u64;
                 old
@@ -309,9 +277,7 @@ impl Master {
             return;
         }
         match self.peek(&conn) {
-            accept::Peeked::Head(head) if head == flight.head => {
-                self.dispatch(conn, head, flight.attempts + 1)
-            }
+            accept::Peeked::Head(head) if head == flight.head => self.dispatch(conn, head, flight.attempts + 1),
             // Consumed or changed: a worker read it before dying. Nothing to save.
             _ => debug!(app = %self.cfg.app, "connection torn by a dying worker; closed"),
         }
@@ -343,9 +309,7 @@ impl Master {
         }
         for (uid, nsp) in &adapters {
             let frame: crate::handoff::Bytes =
-                ToAgent::Adapter(nodeipc::adapter_close_frame(uid, nsp))
-                    .to_frame()
-                    .into();
+                ToAgent::Adapter(nodeipc::adapter_close_frame(uid, nsp)).to_frame().into();
             for p in self.st.borrow().peers.values() {
                 p.link.send(frame.clone(), None);
             }
@@ -373,11 +337,7 @@ impl Master {
             .iter()
             .map(|v| {
                 let peer = st.peers.get(&v.slot);
-                WorkerStatus::new(
-                    v,
-                    peer.map(|p| p.pid),
-                    peer.map_or(0, |p| p.link.queued_bytes()),
-                )
+                WorkerStatus::new(v, peer.map(|p| p.pid), peer.map_or(0, |p| p.link.queued_bytes()))
             })
             .collect();
         Status {

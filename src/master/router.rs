@@ -50,11 +50,7 @@ struct Worker {
 
 impl Worker {
     fn new(state: WorkerState) -> Worker {
-        Worker {
-            state,
-            load: Load::default(),
-            adapters: BTreeSet::new(),
-        }
+        Worker { state, load: Load::default(), adapters: BTreeSet::new() }
     }
 }
 
@@ -89,17 +85,12 @@ pub struct Router {
 impl Router {
     /// A worker is expected in `slot` (started, or about to be).
     pub fn expect(&mut self, slot: u16) {
-        self.workers
-            .entry(slot)
-            .or_insert_with(|| Worker::new(WorkerState::Starting));
+        self.workers.entry(slot).or_insert_with(|| Worker::new(WorkerState::Starting));
     }
 
     /// Its agent connected. Returns false if the slot already has one.
     pub fn connected(&mut self, slot: u16) -> bool {
-        let w = self
-            .workers
-            .entry(slot)
-            .or_insert_with(|| Worker::new(WorkerState::Starting));
+        let w = self.workers.entry(slot).or_insert_with(|| Worker::new(WorkerState::Starting));
         if w.state != WorkerState::Starting {
             return false;
         }
@@ -167,10 +158,7 @@ impl Router {
 
     /// The sid's owner, if the sid names one.
     fn owner(&self, sid: &str) -> Option<u16> {
-        self.foreign_sids
-            .get(sid)
-            .copied()
-            .or_else(|| sid::slot_of(sid.as_bytes()))
+        self.foreign_sids.get(sid).copied().or_else(|| sid::slot_of(sid.as_bytes()))
     }
 
     pub fn route(&mut self, head: &Head, now: Instant) -> Route {
@@ -181,14 +169,9 @@ impl Router {
                 None => {} // the owner is gone for good: so is the session
             }
         }
-        let ready = self
-            .workers
-            .iter_mut()
-            .filter(|(_, w)| w.state == WorkerState::Ready);
+        let ready = self.workers.iter_mut().filter(|(_, w)| w.state == WorkerState::Ready);
         let candidates: Vec<(u16, u32)> = ready.map(|(&s, w)| (s, w.load.value(now))).collect();
-        self.balancer
-            .pick(candidates)
-            .map_or(Route::Wait, Route::To)
+        self.balancer.pick(candidates).map_or(Route::Wait, Route::To)
     }
 
     /// A request was handed to `slot`; a handshake counts as a session from now.
@@ -215,30 +198,15 @@ impl Router {
     /// requester is unknown goes to all others too (non-requesters drop it).
     pub fn relay_targets(&self, from: u16, header: &AdapterHeader) -> Vec<u16> {
         if header.is_response() {
-            if let Some(&owner) = header
-                .requester_uid
-                .as_ref()
-                .and_then(|r| self.uid_owner.get(r))
-            {
+            if let Some(&owner) = header.requester_uid.as_ref().and_then(|r| self.uid_owner.get(r)) {
                 return vec![owner];
             }
         }
-        self.workers
-            .iter()
-            .filter(|(&s, w)| s != from && w.state != WorkerState::Starting)
-            .map(|(&s, _)| s)
-            .collect()
+        self.workers.iter().filter(|(&s, w)| s != from && w.state != WorkerState::Starting).map(|(&s, _)| s).collect()
     }
 
     pub fn workers(&self) -> Vec<WorkerView> {
-        self.workers
-            .iter()
-            .map(|(&slot, w)| WorkerView {
-                slot,
-                state: w.state,
-                sessions: w.load.sessions(),
-            })
-            .collect()
+        self.workers.iter().map(|(&slot, w)| WorkerView { slot, state: w.state, sessions: w.load.sessions() }).collect()
     }
 
     /// Slots in any state.
@@ -248,11 +216,7 @@ impl Router {
 
     /// Slots of workers that are not being removed.
     pub fn active_slots(&self) -> Vec<u16> {
-        self.workers
-            .iter()
-            .filter(|(_, w)| w.state != WorkerState::Draining)
-            .map(|(&s, _)| s)
-            .collect()
+        self.workers.iter().filter(|(_, w)| w.state != WorkerState::Draining).map(|(&s, _)| s).collect()
     }
 
     /// The lowest slot not in use.
@@ -270,10 +234,7 @@ mod tests {
     use super::*;
 
     fn head(sid: Option<&str>) -> Head {
-        Head {
-            sid: sid.map(str::to_owned),
-            handshake: sid.is_none(),
-        }
+        Head { sid: sid.map(str::to_owned), handshake: sid.is_none() }
     }
 
     fn ready_router(slots: &[u16]) -> Router {
@@ -301,16 +262,10 @@ mod tests {
         let now = Instant::now();
         let mut r = ready_router(&[1, 2]);
         r.session_opened(2, "my-uuid-style-session-id", now);
-        assert_eq!(
-            r.route(&head(Some("my-uuid-style-session-id")), now),
-            Route::To(2)
-        );
+        assert_eq!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::To(2));
         r.session_closed(2, "my-uuid-style-session-id");
         // Unknown now: balanced like a new session.
-        assert!(matches!(
-            r.route(&head(Some("my-uuid-style-session-id")), now),
-            Route::To(_)
-        ));
+        assert!(matches!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::To(_)));
     }
 
     #[test]
@@ -336,9 +291,7 @@ mod tests {
         r.connected(3);
         r.drain(1);
         for _ in 0..4 {
-            let Route::To(s) = r.route(&head(None), now) else {
-                panic!()
-            };
+            let Route::To(s) = r.route(&head(None), now) else { panic!() };
             assert_eq!(s, 2);
             r.handed_off(s, &head(None), now);
         }
@@ -354,24 +307,11 @@ mod tests {
         let mut r = ready_router(&[1, 2, 3]);
         r.adapter_seen(1, "A", "/");
         r.adapter_seen(2, "B", "/");
-        let resp = AdapterHeader {
-            kind: 8,
-            uid: "B".into(),
-            nsp: "/".into(),
-            requester_uid: Some("A".into()),
-        };
+        let resp = AdapterHeader { kind: 8, uid: "B".into(), nsp: "/".into(), requester_uid: Some("A".into()) };
         assert_eq!(r.relay_targets(2, &resp), vec![1]);
-        let bcast = AdapterHeader {
-            kind: 3,
-            uid: "B".into(),
-            nsp: "/".into(),
-            requester_uid: None,
-        };
+        let bcast = AdapterHeader { kind: 3, uid: "B".into(), nsp: "/".into(), requester_uid: None };
         assert_eq!(r.relay_targets(2, &bcast), vec![1, 3]);
-        let unknown = AdapterHeader {
-            requester_uid: Some("Z".into()),
-            ..resp
-        };
+        let unknown = AdapterHeader { requester_uid: Some("Z".into()), ..resp };
         assert_eq!(r.relay_targets(2, &unknown), vec![1, 3]);
     }
 

@@ -135,10 +135,7 @@ impl Embedded {
         let mut backoff = FIRST_BACKOFF;
         while self.keeps(slot) {
             let mut cmd = tokio::process::Command::new(&self.exe);
-            cmd.arg("worker")
-                .arg(format!("{}:{slot}", cfg.app))
-                .arg("--config")
-                .arg(&cfg.path);
+            cmd.arg("worker").arg(format!("{}:{slot}", cfg.app)).arg("--config").arg(&cfg.path);
             // Agents die with the master, and a terminal's Ctrl-C reaches
             // only the master, which then stops them in order.
             // SAFETY: prctl and setpgid are async-signal-safe.
@@ -184,20 +181,12 @@ impl Embedded {
                 }
             }
         };
-        let left = || {
-            slots
-                .iter()
-                .filter(|s| self.running.borrow().contains_key(s))
-                .count()
-        };
+        let left = || slots.iter().filter(|s| self.running.borrow().contains_key(s)).count();
         signal(Signal::SIGTERM);
         // The agent gives Node `stop_ms`; allow it a little on top.
         let deadline = Instant::now() + cfg.timeouts.stop_ms + Duration::from_secs(1);
         while left() > 0 {
-            if tokio::time::timeout_at(deadline.into(), self.exited.notified())
-                .await
-                .is_err()
-            {
+            if tokio::time::timeout_at(deadline.into(), self.exited.notified()).await.is_err() {
                 warn!(app = %cfg.app, left = left(), "agents did not stop in time: SIGKILL");
                 signal(Signal::SIGKILL);
                 break;

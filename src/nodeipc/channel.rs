@@ -55,9 +55,7 @@ impl ChildEnd {
 
     /// To call between fork and exec: lets exactly this fd cross `exec`.
     pub fn inherit_in_child(fd: RawFd) -> std::io::Result<()> {
-        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty()))
-            .map(drop)
-            .map_err(std::io::Error::from)
+        fcntl(fd, FcntlArg::F_SETFD(FdFlag::empty())).map(drop).map_err(std::io::Error::from)
     }
 }
 
@@ -66,20 +64,12 @@ impl NodeChannel {
     /// ours (a leaked parent end would keep the channel open after the
     /// parent closed it, and the worker would never see EOF).
     pub fn pair() -> std::io::Result<(Rc<NodeChannel>, ChildEnd)> {
-        let (parent, child) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::SOCK_CLOEXEC,
-        )?;
+        let (parent, child) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
         let parent = std::os::unix::net::UnixStream::from(parent);
         parent.set_nonblocking(true)?;
         let link = Link::new(tokio::net::UnixStream::from_std(parent)?);
-        let channel = NodeChannel {
-            link,
-            discipline: RefCell::default(),
-            handoff_frame: super::sticky_handoff_frame().into(),
-        };
+        let channel =
+            NodeChannel { link, discipline: RefCell::default(), handoff_frame: super::sticky_handoff_frame().into() };
         Ok((Rc::new(channel), ChildEnd(child)))
     }
 
@@ -110,11 +100,7 @@ impl NodeChannel {
     fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd) {
         let fd = Rc::new(fd);
         self.link.send(self.handoff_frame.clone(), Some(fd.clone()));
-        d.in_flight = Some(InFlight {
-            id,
-            fd,
-            retransmissions: 0,
-        });
+        d.in_flight = Some(InFlight { id, fd, retransmissions: 0 });
     }
 
     /// Sends held messages up to (and including) the next handle.
@@ -145,8 +131,7 @@ impl NodeChannel {
         let flight = d.in_flight.as_mut()?;
         if flight.retransmissions < MAX_RETRANSMISSIONS {
             flight.retransmissions += 1;
-            self.link
-                .send(self.handoff_frame.clone(), Some(flight.fd.clone()));
+            self.link.send(self.handoff_frame.clone(), Some(flight.fd.clone()));
             return None;
         }
         let failed = d.in_flight.take().map(|f| f.id);

@@ -74,9 +74,7 @@ pub enum FromChild {
 }
 
 fn string_field(v: &Value, key: &str) -> Option<String> {
-    v.get(key)
-        .and_then(Value::as_js_str)
-        .map(|s| s.to_string_lossy())
+    v.get(key).and_then(Value::as_js_str).map(|s| s.to_string_lossy())
 }
 
 /// Classifies one payload (a frame without its length prefix).
@@ -88,11 +86,7 @@ pub fn classify(payload: &[u8]) -> Result<FromChild, v8::DecodeError> {
             return Ok(classify_internal(&cmd, &msg));
         }
     }
-    let is_type = |t: &str| {
-        msg.get("type")
-            .and_then(Value::as_js_str)
-            .is_some_and(|s| s.eq_str(t))
-    };
+    let is_type = |t: &str| msg.get("type").and_then(Value::as_js_str).is_some_and(|s| s.eq_str(t));
     if string_field(&msg, "source").as_deref() == Some(ADAPTER_SOURCE) {
         let kind = msg.get("type").and_then(Value::as_f64);
         let uid = string_field(&msg, "uid");
@@ -143,22 +137,13 @@ pub fn sticky_handoff_frame() -> Vec<u8> {
     v8::encode_frame(&Value::object([
         ("cmd", Value::str("NODE_HANDLE")),
         ("type", Value::str("net.Socket")),
-        (
-            "msg",
-            Value::object([
-                ("type", Value::str("sticky:connection")),
-                ("data", Value::buffer(Vec::new())),
-            ]),
-        ),
+        ("msg", Value::object([("type", Value::str("sticky:connection")), ("data", Value::buffer(Vec::new()))])),
     ]))
 }
 
 /// `{cmd:"NODE_CLUSTER", ack:seq}`: the answer to `exitedAfterDisconnect`.
 pub fn cluster_ack_frame(seq: &Value) -> Vec<u8> {
-    v8::encode_frame(&Value::object([
-        ("cmd", Value::str("NODE_CLUSTER")),
-        ("ack", seq.clone()),
-    ]))
+    v8::encode_frame(&Value::object([("cmd", Value::str("NODE_CLUSTER")), ("ack", seq.clone())]))
 }
 
 /// A round-robin style answer to `queryServer` with no handle: `listen()`
@@ -218,13 +203,7 @@ mod tests {
                 "data",
                 Value::object([
                     ("requestId", Value::str("abc")),
-                    (
-                        "sockets",
-                        Value::Array {
-                            elements: vec![],
-                            properties: vec![],
-                        },
-                    ),
+                    ("sockets", Value::Array { elements: vec![], properties: vec![] }),
                 ]),
             ),
             ("uid", Value::str("u1")),
@@ -232,31 +211,15 @@ mod tests {
             ("source", Value::str(ADAPTER_SOURCE)),
             ("requesterUid", Value::str("u2")),
         ]));
-        let FromChild::Adapter(h) = classify(&p).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            h,
-            AdapterHeader {
-                kind: 8,
-                uid: "u1".into(),
-                nsp: "/".into(),
-                requester_uid: Some("u2".into())
-            }
-        );
+        let FromChild::Adapter(h) = classify(&p).unwrap() else { panic!() };
+        assert_eq!(h, AdapterHeader { kind: 8, uid: "u1".into(), nsp: "/".into(), requester_uid: Some("u2".into()) });
         assert!(h.is_response());
     }
 
     #[test]
     fn sticky_messages_and_internal_ones() {
-        let p = payload(Value::object([
-            ("type", Value::str("sticky:connection")),
-            ("data", Value::str("SID")),
-        ]));
-        assert_eq!(
-            classify(&p).unwrap(),
-            FromChild::SessionOpened("SID".into())
-        );
+        let p = payload(Value::object([("type", Value::str("sticky:connection")), ("data", Value::str("SID"))]));
+        assert_eq!(classify(&p).unwrap(), FromChild::SessionOpened("SID".into()));
         let p = payload(Value::object([("cmd", Value::str("NODE_HANDLE_ACK"))]));
         assert_eq!(classify(&p).unwrap(), FromChild::HandleAck);
         let p = payload(Value::object([
@@ -275,13 +238,8 @@ mod tests {
     #[test]
     fn adapter_close_is_an_adapter_frame() {
         let f = adapter_close_frame("u9", "/chat");
-        let FromChild::Adapter(h) = classify(&f[4..]).unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            (h.kind, h.uid.as_str(), h.nsp.as_str()),
-            (13, "u9", "/chat")
-        );
+        let FromChild::Adapter(h) = classify(&f[4..]).unwrap() else { panic!() };
+        assert_eq!((h.kind, h.uid.as_str(), h.nsp.as_str()), (13, "u9", "/chat"));
         assert!(!h.is_response());
     }
 }

@@ -158,10 +158,7 @@ pub struct JsError {
 impl Value {
     /// A Node `Buffer` holding `bytes`.
     pub fn buffer(bytes: impl Into<Vec<u8>>) -> Value {
-        Value::NodeView {
-            view_type: NODE_BUFFER_VIEW,
-            bytes: bytes.into(),
-        }
+        Value::NodeView { view_type: NODE_BUFFER_VIEW, bytes: bytes.into() }
     }
 
     pub fn str(s: &str) -> Value {
@@ -176,10 +173,9 @@ impl Value {
     /// The value of property `key` if this is an object that has it.
     pub fn get(&self, key: &str) -> Option<&Value> {
         match self {
-            Value::Object(props) => props
-                .iter()
-                .find(|(k, _)| matches!(k, Value::String(s) if s.eq_str(key)))
-                .map(|(_, v)| v),
+            Value::Object(props) => {
+                props.iter().find(|(k, _)| matches!(k, Value::String(s) if s.eq_str(key))).map(|(_, v)| v)
+            }
             _ => None,
         }
     }
@@ -239,12 +235,7 @@ impl std::error::Error for DecodeError {}
 /// Decodes one serialized payload (header + one value, without Node's
 /// 4-byte length prefix).
 pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
-    let mut d = Decoder {
-        input: payload,
-        pos: 0,
-        next_id: 0,
-        depth: 0,
-    };
+    let mut d = Decoder { input: payload, pos: 0, next_id: 0, depth: 0 };
     d.header()?;
     let v = d.value()?;
     // V8 pads the buffer; Node's reader ignores what follows the value.
@@ -293,10 +284,7 @@ impl<'a> Decoder<'a> {
         while self.input.get(self.pos) == Some(&0) {
             self.pos += 1;
         }
-        self.input
-            .get(self.pos)
-            .copied()
-            .ok_or(DecodeError::Truncated)
+        self.input.get(self.pos).copied().ok_or(DecodeError::Truncated)
     }
 
     fn varint64(&mut self) -> Result<u64, DecodeError> {
@@ -317,10 +305,7 @@ impl<'a> Decoder<'a> {
 
     fn bytes(&mut self, n: usize) -> Result<&'a [u8], DecodeError> {
         let end = self.pos.checked_add(n).ok_or(DecodeError::Truncated)?;
-        let slice = self
-            .input
-            .get(self.pos..end)
-            .ok_or(DecodeError::Truncated)?;
+        let slice = self.input.get(self.pos..end).ok_or(DecodeError::Truncated)?;
         self.pos = end;
         Ok(slice)
     }
@@ -349,16 +334,9 @@ impl<'a> Decoder<'a> {
                 if raw.len() % 2 != 0 {
                     return Err(DecodeError::Malformed("two-byte string"));
                 }
-                JsString::Utf16(
-                    raw.chunks_exact(2)
-                        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                        .collect(),
-                )
+                JsString::Utf16(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
             }
-            _ => JsString::Utf8(
-                String::from_utf8(raw.to_vec())
-                    .map_err(|_| DecodeError::Malformed("UTF-8 string"))?,
-            ),
+            _ => JsString::Utf8(String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::Malformed("UTF-8 string"))?),
         })
     }
 
@@ -451,10 +429,7 @@ impl<'a> Decoder<'a> {
                 let properties = self.properties(b'$')?;
                 self.varint32()?;
                 self.varint32()?;
-                Value::Array {
-                    elements,
-                    properties,
-                }
+                Value::Array { elements, properties }
             }
             b'a' => {
                 self.new_id();
@@ -488,10 +463,7 @@ impl<'a> Decoder<'a> {
             b'R' => {
                 self.new_id();
                 let source = self.any_string()?;
-                Value::RegExp {
-                    source,
-                    flags: self.varint32()?,
-                }
+                Value::RegExp { source, flags: self.varint32()? }
             }
             b';' => {
                 self.new_id();
@@ -518,17 +490,10 @@ impl<'a> Decoder<'a> {
             b'B' | b'~' => {
                 self.new_id();
                 let len = self.varint32()? as usize;
-                let max_byte_length = if tag == b'~' {
-                    Some(self.varint32()?)
-                } else {
-                    None
-                };
+                let max_byte_length = if tag == b'~' { Some(self.varint32()?) } else { None };
                 let bytes = self.bytes(len)?.to_vec();
                 let buffer = match max_byte_length {
-                    Some(max_byte_length) => Value::ResizableArrayBuffer {
-                        bytes,
-                        max_byte_length,
-                    },
+                    Some(max_byte_length) => Value::ResizableArrayBuffer { bytes, max_byte_length },
                     None => Value::ArrayBuffer(bytes),
                 };
                 self.maybe_view(buffer)?
@@ -575,13 +540,7 @@ impl<'a> Decoder<'a> {
         let byte_offset = self.varint32()?;
         let byte_length = self.varint32()?;
         let flags = self.varint32()?;
-        Ok(Value::ArrayBufferView {
-            buffer: Box::new(buffer),
-            subtag,
-            byte_offset,
-            byte_length,
-            flags,
-        })
+        Ok(Value::ArrayBufferView { buffer: Box::new(buffer), subtag, byte_offset, byte_length, flags })
     }
 }
 
@@ -668,10 +627,7 @@ fn encode_value(out: &mut Vec<u8>, value: &Value) {
             out.push(b'{');
             put_varint(out, props.len() as u64);
         }
-        Value::Array {
-            elements,
-            properties,
-        } => {
+        Value::Array { elements, properties } => {
             out.push(b'A');
             put_varint(out, elements.len() as u64);
             for e in elements {
@@ -734,22 +690,13 @@ fn encode_value(out: &mut Vec<u8>, value: &Value) {
             put_varint(out, bytes.len() as u64);
             out.extend_from_slice(bytes);
         }
-        Value::ResizableArrayBuffer {
-            bytes,
-            max_byte_length,
-        } => {
+        Value::ResizableArrayBuffer { bytes, max_byte_length } => {
             out.push(b'~');
             put_varint(out, bytes.len() as u64);
             put_varint(out, u64::from(*max_byte_length));
             out.extend_from_slice(bytes);
         }
-        Value::ArrayBufferView {
-            buffer,
-            subtag,
-            byte_offset,
-            byte_length,
-            flags,
-        } => {
+        Value::ArrayBufferView { buffer, subtag, byte_offset, byte_length, flags } => {
             encode_value(out, buffer);
             out.push(b'V');
             out.push(*subtag);
@@ -804,12 +751,7 @@ mod tests {
         let mut p = vec![0xFF, 0x0F];
         p.extend_from_slice(b"o\"\x03cmd\"\x0bNODE_HANDLE\"\x04type\"\x0anet.Socket\"\x03msgo\"\x04type\"\x11sticky:connection\"\x04data\\\x00\x0a\x03abc{\x02{\x03");
         let v = decode(&p).unwrap();
-        assert!(v
-            .get("cmd")
-            .unwrap()
-            .as_js_str()
-            .unwrap()
-            .eq_str("NODE_HANDLE"));
+        assert!(v.get("cmd").unwrap().as_js_str().unwrap().eq_str("NODE_HANDLE"));
         let msg = v.get("msg").unwrap();
         assert_eq!(msg.get("data"), Some(&Value::buffer(b"abc".to_vec())));
     }
@@ -817,10 +759,7 @@ mod tests {
     #[test]
     fn skips_alignment_padding_before_tags() {
         let p = [0xFF, 0x0F, 0x00, b'c', 2, b'h', 0];
-        assert_eq!(
-            decode(&p).unwrap(),
-            Value::String(JsString::Utf16(vec![u16::from(b'h')]))
-        );
+        assert_eq!(decode(&p).unwrap(), Value::String(JsString::Utf16(vec![u16::from(b'h')])));
     }
 
     #[test]
@@ -833,20 +772,11 @@ mod tests {
 
     #[test]
     fn rejects_references_forward_and_huge_claims() {
-        assert_eq!(
-            decode(&[0xFF, 0x0F, b'^', 0]),
-            Err(DecodeError::BadReference(0))
-        );
+        assert_eq!(decode(&[0xFF, 0x0F, b'^', 0]), Err(DecodeError::BadReference(0)));
         // A string claiming 4 GiB must not allocate it.
-        assert_eq!(
-            decode(&[0xFF, 0x0F, b'"', 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(decode(&[0xFF, 0x0F, b'"', 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), Err(DecodeError::Truncated));
         // A dense array claiming 2^32-1 elements.
-        assert_eq!(
-            decode(&[0xFF, 0x0F, b'A', 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]),
-            Err(DecodeError::Truncated)
-        );
+        assert_eq!(decode(&[0xFF, 0x0F, b'A', 0xFF, 0xFF, 0xFF, 0xFF, 0x0F]), Err(DecodeError::Truncated));
     }
 
     #[test]
@@ -880,34 +810,20 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i32>().prop_map(Value::Int32),
             any::<u32>().prop_map(Value::Uint32),
-            any::<f64>()
-                .prop_filter("NaN != NaN", |d| !d.is_nan())
-                .prop_map(Value::Double),
+            any::<f64>().prop_filter("NaN != NaN", |d| !d.is_nan()).prop_map(Value::Double),
             arb_string().prop_map(Value::String),
             proptest::collection::vec(any::<u8>(), 0..16).prop_map(Value::buffer),
-            (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..3)).prop_map(
-                |(negative, d)| Value::BigInt {
-                    negative,
-                    digits: d.repeat(8)
-                }
-            ),
+            (any::<bool>(), proptest::collection::vec(any::<u8>(), 0..3))
+                .prop_map(|(negative, d)| Value::BigInt { negative, digits: d.repeat(8) }),
         ];
         leaf.prop_recursive(4, 64, 8, |inner| {
             prop_oneof![
-                proptest::collection::vec(
-                    (arb_string().prop_map(Value::String), inner.clone()),
-                    0..4
-                )
-                .prop_map(Value::Object),
-                proptest::collection::vec(proptest::option::of(inner.clone()), 0..4).prop_map(
-                    |elements| Value::Array {
-                        elements,
-                        properties: vec![]
-                    }
-                ),
+                proptest::collection::vec((arb_string().prop_map(Value::String), inner.clone()), 0..4)
+                    .prop_map(Value::Object),
+                proptest::collection::vec(proptest::option::of(inner.clone()), 0..4)
+                    .prop_map(|elements| Value::Array { elements, properties: vec![] }),
                 proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::Set),
-                proptest::collection::vec((inner.clone(), inner.clone()), 0..3)
-                    .prop_map(Value::Map),
+                proptest::collection::vec((inner.clone(), inner.clone()), 0..3).prop_map(Value::Map),
                 inner.prop_map(|v| Value::NodeHostValue(Box::new(v))),
             ]
         })

@@ -5,18 +5,7 @@ use zbus::proxy;
 use zbus::zvariant::OwnedObjectPath;
 
 /// One row of `ListUnitsByPatterns`.
-pub type UnitRow = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    OwnedObjectPath,
-    u32,
-    String,
-    OwnedObjectPath,
-);
+pub type UnitRow = (String, String, String, String, String, String, OwnedObjectPath, u32, String, OwnedObjectPath);
 
 #[proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -28,25 +17,12 @@ pub trait Manager {
     fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn list_units_by_patterns(
-        &self,
-        states: &[&str],
-        patterns: &[&str],
-    ) -> zbus::Result<Vec<UnitRow>>;
+    fn list_units_by_patterns(&self, states: &[&str], patterns: &[&str]) -> zbus::Result<Vec<UnitRow>>;
     #[zbus(signal)]
-    fn job_removed(
-        &self,
-        id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
-    ) -> zbus::Result<()>;
+    fn job_removed(&self, id: u32, job: OwnedObjectPath, unit: String, result: String) -> zbus::Result<()>;
 }
 
-#[proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
+#[proxy(interface = "org.freedesktop.systemd1.Unit", default_service = "org.freedesktop.systemd1")]
 pub trait Unit {
     /// The pending job: `(id, path)`, id 0 when there is none.
     #[zbus(property)]
@@ -55,19 +31,13 @@ pub trait Unit {
     fn active_state(&self) -> zbus::Result<String>;
 }
 
-#[proxy(
-    interface = "org.freedesktop.systemd1.Job",
-    default_service = "org.freedesktop.systemd1"
-)]
+#[proxy(interface = "org.freedesktop.systemd1.Job", default_service = "org.freedesktop.systemd1")]
 pub trait Job {
     #[zbus(property)]
     fn job_type(&self) -> zbus::Result<String>;
 }
 
-#[proxy(
-    interface = "org.freedesktop.systemd1.Service",
-    default_service = "org.freedesktop.systemd1"
-)]
+#[proxy(interface = "org.freedesktop.systemd1.Service", default_service = "org.freedesktop.systemd1")]
 pub trait Service {
     #[zbus(property)]
     fn memory_current(&self) -> zbus::Result<u64>;

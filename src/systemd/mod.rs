@@ -40,19 +40,11 @@ impl Workers {
         let conn = zbus::Connection::system().await?;
         let manager = ManagerProxy::new(&conn).await?;
         manager.subscribe().await?;
-        Ok(Workers {
-            conn,
-            manager,
-            app: app.to_owned(),
-        })
+        Ok(Workers { conn, manager, app: app.to_owned() })
     }
 
     async fn job(&self, unit: &str, start: bool) -> Result<(), String> {
-        let mut removed = self
-            .manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| e.to_string())?;
+        let mut removed = self.manager.receive_job_removed().await.map_err(|e| e.to_string())?;
         let verb = if start { "start" } else { "stop" };
         let job = if start {
             self.manager.start_unit(unit, "replace").await
@@ -75,9 +67,7 @@ impl Workers {
                 if *args.job() == job {
                     return match args.result().as_str() {
                         "done" => Ok(()),
-                        other => Err(format!(
-                            "{verb} {unit}: job {other} (see journalctl -u {unit})"
-                        )),
+                        other => Err(format!("{verb} {unit}: job {other} (see journalctl -u {unit})")),
                     };
                 }
             }
@@ -106,15 +96,8 @@ impl Workers {
             .await
             .unwrap_or_default();
         let prefix = format!("sio-worker@{}:", self.app);
-        let mut slots: Vec<u16> = rows
-            .iter()
-            .filter_map(|r| {
-                r.0.strip_prefix(&prefix)?
-                    .strip_suffix(".service")?
-                    .parse()
-                    .ok()
-            })
-            .collect();
+        let mut slots: Vec<u16> =
+            rows.iter().filter_map(|r| r.0.strip_prefix(&prefix)?.strip_suffix(".service")?.parse().ok()).collect();
         slots.sort_unstable();
         slots
     }
@@ -138,17 +121,8 @@ impl Workers {
 
     /// Memory, CPU and restarts of a worker, from systemd's accounting.
     pub async fn usage(&self, slot: u16) -> Option<Usage> {
-        let path = self
-            .manager
-            .get_unit(&worker_unit(&self.app, slot))
-            .await
-            .ok()?;
-        let service = ServiceProxy::builder(&self.conn)
-            .path(path)
-            .ok()?
-            .build()
-            .await
-            .ok()?;
+        let path = self.manager.get_unit(&worker_unit(&self.app, slot)).await.ok()?;
+        let service = ServiceProxy::builder(&self.conn).path(path).ok()?.build().await.ok()?;
         let valid = |v: u64| (v != u64::MAX).then_some(v);
         Some(Usage {
             memory_bytes: service.memory_current().await.ok().and_then(valid),

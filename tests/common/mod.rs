@@ -51,11 +51,7 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique app name per test (apps share the abstract socket namespace).
 pub fn app_name() -> String {
-    format!(
-        "t{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
+    format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
 
 pub fn scratch_dir(name: &str) -> PathBuf {
@@ -106,13 +102,7 @@ impl App {
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut app = App {
-            name,
-            dir,
-            config,
-            child: Some(child),
-            port: 0,
-        };
+        let mut app = App { name, dir, config, child: Some(child), port: 0 };
         let status = app.wait_ready(workers as usize, Duration::from_secs(30));
         let addr = status["listen"][0].as_str().unwrap().to_owned();
         app.port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -129,27 +119,16 @@ impl App {
 
     /// `sioctl status APP --json`, or None while no master answers.
     pub fn try_status(&self) -> Option<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
-            .args(["status", &self.name, "--json"])
-            .output()
-            .unwrap();
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+        let out = Command::new(env!("CARGO_BIN_EXE_sioctl")).args(["status", &self.name, "--json"]).output().unwrap();
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     pub fn status(&self) -> Value {
-        self.try_status()
-            .unwrap_or_else(|| panic!("no status from {}; log:\n{}", self.name, self.log()))
+        self.try_status().unwrap_or_else(|| panic!("no status from {}; log:\n{}", self.name, self.log()))
     }
 
     pub fn ready_workers(status: &Value) -> usize {
-        status["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|w| w["state"] == "ready")
-            .count()
+        status["workers"].as_array().unwrap().iter().filter(|w| w["state"] == "ready").count()
     }
 
     pub fn wait_ready(&mut self, n: usize, timeout: Duration) -> Value {
@@ -161,16 +140,9 @@ impl App {
                 }
             }
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!(
-                    "sio up exited ({st}) before {n} workers were ready; log:\n{}",
-                    self.log()
-                );
+                panic!("sio up exited ({st}) before {n} workers were ready; log:\n{}", self.log());
             }
-            assert!(
-                t0.elapsed() < timeout,
-                "{n} workers not ready after {timeout:?}; log:\n{}",
-                self.log()
-            );
+            assert!(t0.elapsed() < timeout, "{n} workers not ready after {timeout:?}; log:\n{}", self.log());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -190,10 +162,8 @@ impl App {
     /// SIGTERM, then waits for `sio up` to exit; returns its exit status.
     pub fn stop(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().unwrap();
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
+        let _ =
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), nix::sys::signal::Signal::SIGTERM);
         let t0 = Instant::now();
         loop {
             if let Some(st) = child.try_wait().unwrap() {
@@ -235,15 +205,7 @@ pub fn alive(pid: u32) -> bool {
 /// Resident memory of a process, in KiB.
 pub fn rss_kib(pid: u32) -> u64 {
     let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap()
-        .split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse()
-        .unwrap()
+    status.lines().find(|l| l.starts_with("VmRSS:")).unwrap().split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
 /// Runs a Node scenario from `tests/node` and returns what it reported.
@@ -258,11 +220,7 @@ pub fn node(script: &str, args: &[&str]) -> Value {
         .expect("node is needed for the tests");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "{script} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
+    assert!(out.status.success(), "{script} failed ({}):\n{stdout}\n{stderr}", out.status);
     let line = stdout
         .lines()
         .rev()
@@ -298,18 +256,11 @@ impl Holder {
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = lines.next().expect("hold.js says READY").unwrap();
-        let by_worker = serde_json::from_str::<Value>(
-            ready
-                .strip_prefix("READY ")
-                .unwrap_or_else(|| panic!("{ready}")),
-        )
-        .unwrap()["byWorker"]
-            .clone();
-        Holder {
-            child,
-            lines,
-            by_worker,
-        }
+        let by_worker =
+            serde_json::from_str::<Value>(ready.strip_prefix("READY ").unwrap_or_else(|| panic!("{ready}"))).unwrap()
+                ["byWorker"]
+                .clone();
+        Holder { child, lines, by_worker }
     }
 
     fn say(&mut self, line: &str) {
@@ -324,10 +275,8 @@ impl Holder {
 
     pub fn report(mut self) -> Value {
         self.say("report");
-        let line = self
-            .lines
-            .find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned))
-            .expect("hold.js reports");
+        let line =
+            self.lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("hold.js reports");
         let _ = self.child.wait();
         serde_json::from_str(&line).unwrap()
     }
@@ -342,4 +291,9 @@ pub fn disconnects_of(report: &Value, worker: &str) -> u64 {
         .filter(|c| c["first"] == worker)
         .map(|c| c["disconnects"].as_u64().unwrap())
         .sum()
+}
+
+/// Whether every held client is connected (again) at the end.
+pub fn all_connected(report: &Value) -> bool {
+    report["clients"].as_array().unwrap().iter().all(|c| c["connected"] == true)
 }

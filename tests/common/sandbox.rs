@@ -61,18 +61,10 @@ impl Sandbox {
             fs::create_dir_all(d).unwrap();
         }
         for (app, cfg) in configs {
-            fs::write(
-                config_dir.join(format!("{app}.json")),
-                serde_json::to_vec_pretty(cfg).unwrap(),
-            )
-            .unwrap();
+            fs::write(config_dir.join(format!("{app}.json")), serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         }
         for t in STUB_TARGETS {
-            fs::write(
-                units.join(format!("{t}.target")),
-                format!("[Unit]\nDescription=sandbox stub {t}\n"),
-            )
-            .unwrap();
+            fs::write(units.join(format!("{t}.target")), format!("[Unit]\nDescription=sandbox stub {t}\n")).unwrap();
         }
         for u in HOST_UNITS {
             fs::copy(Path::new("/lib/systemd/system").join(u), units.join(u)).unwrap();
@@ -84,8 +76,7 @@ impl Sandbox {
             let text = fs::read_to_string(repo_units.join(unit)).unwrap();
             fs::write(
                 units.join(unit),
-                text.replace("/usr/bin/sioctl", sioctl)
-                    .replace("/usr/bin/sio ", &format!("{sio} ")),
+                text.replace("/usr/bin/sioctl", sioctl).replace("/usr/bin/sio ", &format!("{sio} ")),
             )
             .unwrap();
         }
@@ -101,15 +92,10 @@ impl Sandbox {
             fs::write(d.join("50-test.conf"), &env).unwrap();
         }
         let generator = fs::read_to_string(repo_units.join("sio-generator")).unwrap();
-        let generator = generator.replace(
-            "exec /usr/bin/sio ",
-            &format!("SIO_CONFIG_DIR={} exec {sio} ", config_dir.display()),
-        );
+        let generator =
+            generator.replace("exec /usr/bin/sio ", &format!("SIO_CONFIG_DIR={} exec {sio} ", config_dir.display()));
         fs::write(generators.join("sio-generator"), generator).unwrap();
-        sh(&format!(
-            "chmod +x {}",
-            generators.join("sio-generator").display()
-        ));
+        sh(&format!("chmod +x {}", generators.join("sio-generator").display()));
 
         let boot = format!(
             "#!/bin/sh\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd\numount -R /sys/fs/cgroup\n\
@@ -144,12 +130,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
             .spawn()
             .unwrap();
         // From here on, dropping the sandbox cleans up, whatever fails.
-        let mut sandbox = Sandbox {
-            dir,
-            config_dir,
-            enter,
-            pid: 0,
-        };
+        let mut sandbox = Sandbox { dir, config_dir, enter, pid: 0 };
         // PID 1 of the sandbox: the child of `unshare`, which `enter` became.
         let t0 = Instant::now();
         sandbox.pid = loop {
@@ -160,10 +141,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
                 }
             }
             let console = fs::read_to_string(sandbox.dir.join("console.log")).unwrap_or_default();
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "sandbox systemd did not start: {console}"
-            );
+            assert!(t0.elapsed() < Duration::from_secs(10), "sandbox systemd did not start: {console}");
             std::thread::sleep(Duration::from_millis(20));
         };
         let t0 = Instant::now();
@@ -173,10 +151,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
             if state.starts_with("running") || state.starts_with("degraded") {
                 break;
             }
-            assert!(
-                t0.elapsed() < Duration::from_secs(10),
-                "sandbox not running: {state}"
-            );
+            assert!(t0.elapsed() < Duration::from_secs(10), "sandbox not running: {state}");
             std::thread::sleep(Duration::from_millis(50));
         }
         sandbox.systemctl(&[
@@ -192,13 +167,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
     /// Runs a command inside the sandbox (its PID and mount namespaces).
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("nsenter")
-            .arg("-t")
-            .arg(self.pid.to_string())
-            .args(["-p", "-m"])
-            .args(args)
-            .output()
-            .unwrap()
+        Command::new("nsenter").arg("-t").arg(self.pid.to_string()).args(["-p", "-m"]).args(args).output().unwrap()
     }
 
     /// `systemctl ARGS`, which must succeed; returns its stdout.
@@ -223,12 +192,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
     pub fn sioctl(&self, args: &[&str], uid: Option<u32>) -> Output {
         let mut full: Vec<String> = Vec::new();
         if let Some(u) = uid {
-            full.extend([
-                "setpriv".into(),
-                format!("--reuid={u}"),
-                format!("--regid={u}"),
-                "--clear-groups".into(),
-            ]);
+            full.extend(["setpriv".into(), format!("--reuid={u}"), format!("--regid={u}"), "--clear-groups".into()]);
         }
         full.push(env!("CARGO_BIN_EXE_sioctl").into());
         full.extend(["--config-dir".into(), self.config_dir.display().to_string()]);
@@ -240,9 +204,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
     /// `sioctl status APP --json`.
     pub fn status(&self, app: &str) -> Option<serde_json::Value> {
         let out = self.sioctl(&["status", app, "--json"], None);
-        out.status
-            .success()
-            .then(|| serde_json::from_slice(&out.stdout).unwrap())
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
     pub fn wait_status(
@@ -271,17 +233,10 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
     /// Names of the loaded `sio-worker@APP:*` units that are active.
     pub fn active_workers(&self, app: &str) -> Vec<String> {
-        let out = self.systemctl(&[
-            "list-units",
-            "--state=active",
-            "--no-legend",
-            "--plain",
-            &format!("sio-worker@{app}:*"),
-        ]);
-        let mut units: Vec<String> = out
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
-            .collect();
+        let out =
+            self.systemctl(&["list-units", "--state=active", "--no-legend", "--plain", &format!("sio-worker@{app}:*")]);
+        let mut units: Vec<String> =
+            out.lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect();
         units.sort();
         units
     }
@@ -289,18 +244,10 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
 impl Drop for Sandbox {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.pid as i32),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
         std::thread::sleep(Duration::from_millis(300));
-        for cg in fs::read_to_string(self.dir.join("cgroups"))
-            .unwrap_or_default()
-            .lines()
-        {
-            let _ = sh(&format!(
-                "[ -d '{cg}' ] && find '{cg}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null"
-            ));
+        for cg in fs::read_to_string(self.dir.join("cgroups")).unwrap_or_default().lines() {
+            let _ = sh(&format!("[ -d '{cg}' ] && find '{cg}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null"));
         }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);
