@@ -80,8 +80,12 @@ impl Sandbox {
             )
             .unwrap();
         }
+        // The checkout (binaries, fixtures) may live under /tmp or a home
+        // folder, which the units hide (PrivateTmp=, ProtectHome=): lift
+        // that for tests. What the tests check does not depend on it.
         let env = format!(
-            "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n",
+            "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n\
+             PrivateTmp=no\nProtectHome=no\n",
             config_dir.display(),
             state_dir.display(),
             state_dir.display()
