@@ -41,6 +41,8 @@ pub struct Link {
     queue: RefCell<VecDeque<Outgoing>>,
     queued_bytes: Cell<usize>,
     wake_writer: Notify,
+    /// Woken when queued bytes were written (see [`Link::room_for`]).
+    drained: Notify,
     closed: Cell<bool>,
 }
 
@@ -83,6 +85,7 @@ impl Link {
             queue: RefCell::default(),
             queued_bytes: Cell::new(0),
             wake_writer: Notify::new(),
+            drained: Notify::new(),
             closed: Cell::new(false),
         })
     }
@@ -107,6 +110,7 @@ impl Link {
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
         self.wake_writer.notify_one();
+        self.drained.notify_waiters();
     }
 
     /// Queues `data` (with `fd` on its first byte) and writes as much as the
@@ -130,6 +134,14 @@ impl Link {
         }
     }
 
+    /// Waits until at most `limit` bytes are queued (or the link closed):
+    /// backpressure for whoever feeds this link from another one.
+    pub async fn room_for(&self, limit: usize) {
+        while self.queued_bytes.get() > limit && !self.closed.get() {
+            self.drained.notified().await;
+        }
+    }
+
     /// Writes queued items until the socket would block. `Ok(true)` when
     /// the queue is empty.
     fn flush_now(&self) -> io::Result<bool> {
@@ -145,6 +157,7 @@ impl Link {
                 Ok(n) => {
                     item.written += n;
                     self.queued_bytes.set(self.queued_bytes.get() - n);
+                    self.drained.notify_waiters();
                     if item.written == item.data.len() {
                         q.pop_front();
                     }

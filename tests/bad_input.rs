@@ -169,3 +169,40 @@ fn the_masters_memory_stays_bounded() {
     assert!(after < warm + 2 * 1024, "grew from {warm} to {after} KiB: something is kept per connection");
     assert!(after < 64 * 1024, "the master holds {after} KiB");
 }
+
+#[test]
+fn a_stalled_worker_does_not_block_the_relay() {
+    use std::io::{BufRead, BufReader};
+    let app = App::start_with(3, json!({"limits": {"bus_queue_bytes": 2 << 20}}));
+    let mut flood = Command::new("node")
+        .arg(node_dir().join("flood.js"))
+        .args([&app.port.to_string(), "w3", "400"])
+        .current_dir(node_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(flood.stdout.take().unwrap()).lines();
+    let ready = lines.next().unwrap().unwrap();
+    assert!(ready.starts_with("READY ") && ready.contains("w3"), "{ready}");
+    let w3 =
+        app.status()["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 3).unwrap()["pid"].as_u64().unwrap();
+    let node3 = Pid::from_raw(children_of(w3 as u32)[0] as i32);
+    kill(node3, Signal::SIGSTOP).unwrap();
+    writeln!(flood.stdin.as_mut().unwrap(), "go").unwrap();
+    let result = lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("flood.js reports");
+    let status = app.status();
+    kill(node3, Signal::SIGCONT).unwrap();
+    let _ = flood.wait();
+    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
+    for pair in result["received"].as_array().unwrap() {
+        assert_eq!(pair[1], 400, "every broadcast reached the workers that read: {result}");
+    }
+    assert!(
+        status["counters"]["dropped_frames"].as_u64().unwrap() > 0,
+        "frames for the frozen worker dropped: {status}"
+    );
+    let queued =
+        status["workers"].as_array().unwrap().iter().map(|w| w["queued_bytes"].as_u64().unwrap()).max().unwrap();
+    assert!(queued <= 2 << 20, "the master's queue for it stays within bus_queue_bytes: {status}");
+}

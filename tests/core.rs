@@ -92,3 +92,14 @@ fn a_broken_config_is_one_clear_error_and_nothing_starts() {
     );
     assert_eq!(err.lines().count(), 1, "one error: {err}");
 }
+
+#[test]
+fn a_worker_that_calls_listen_still_works() {
+    let app = App::start_with(2, serde_json::json!({"env": {"CALL_LISTEN": "3999"}}));
+    let r = node("cluster.js", &[&app.port.to_string()]);
+    assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
+    let log = app.log();
+    assert!(log.contains("listen callback w1") && log.contains("listen callback w2"), "listen() completed: {log}");
+    assert!(log.contains("the worker called listen(): ignored"), "{log}");
+    assert!(std::net::TcpStream::connect(("127.0.0.1", 3999)).is_err(), "nothing listens on the worker's own port");
+}

@@ -323,6 +323,10 @@ impl Agent {
         }
         self.attach(&link);
         let result = loop {
+            // A worker slow to read its channel: stop reading the bus, so
+            // that the master's bounded queue for this worker takes the
+            // excess (and drops it, counted), not this agent's memory.
+            self.node.link().room_for(self.cfg.limits.bus_queue_bytes).await;
             let body = match reader.next(&link).await {
                 Ok(Some(b)) => b,
                 Ok(None) => break Ok(()),

@@ -39,3 +39,9 @@ io.on("connection", (socket) => {
 });
 
 io.on("ping", (from, cb) => cb({ pong: me, from }));
+
+// Some apps also call listen() out of habit: under a cluster parent that
+// asks the primary (queryServer) and must still work.
+if (process.env.CALL_LISTEN) {
+  httpServer.listen(Number(process.env.CALL_LISTEN), () => console.log(`listen callback ${me}`));
+}
