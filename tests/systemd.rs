@@ -34,7 +34,11 @@ fn socket_activation_starts_the_master_and_its_workers() {
     let sb = Sandbox::boot(&app, &[(&app, config(port, 2))]);
     sb.systemctl(&["start", &format!("sio@{app}.socket")]);
     assert!(sb.active_workers(&app).is_empty(), "nothing runs before the first connection");
-    // The first connection activates the master, which starts the workers.
+    // The first connection activates the master, which starts the workers,
+    // and is served by the first one ready.
+    let r = node("race.js", &[&port.to_string(), "1"]);
+    assert_eq!(r["counts"], json!({"ok": 1}), "{r}");
+    sb.wait_status(&app, "both workers ready", Duration::from_secs(20), ready(2));
     let r = node("cluster.js", &[&port.to_string()]);
     assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
     for (w, reached) in r["emitReachesAll"].as_object().unwrap() {
