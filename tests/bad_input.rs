@@ -206,3 +206,21 @@ fn a_stalled_worker_does_not_block_the_relay() {
         status["workers"].as_array().unwrap().iter().map(|w| w["queued_bytes"].as_u64().unwrap()).max().unwrap();
     assert!(queued <= 2 << 20, "the master's queue for it stays within bus_queue_bytes: {status}");
 }
+
+#[test]
+fn the_pending_connection_cap_pauses_accepting_and_resumes() {
+    let app = App::start_with(2, json!({"timeouts": {"head_ms": 1000}, "limits": {"max_pending_connections": 20}}));
+    let idle: Vec<TcpStream> = (0..100).map(|_| TcpStream::connect(("127.0.0.1", app.port)).unwrap()).collect();
+    wait_for("the cap reached", Duration::from_secs(10), || app.status()["reading_heads"] == 20);
+    std::thread::sleep(Duration::from_millis(300));
+    let s = app.status();
+    assert_eq!(s["reading_heads"], 20, "no more than the cap held: {s}");
+    assert_eq!(s["counters"]["accepted"].as_u64(), Some(20), "the rest wait in the kernel's backlog: {s}");
+    // As idle ones time out, the rest are accepted in turn, then real clients.
+    let r = node("race.js", &[&app.port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "{r}");
+    wait_for("every idle connection answered", Duration::from_secs(20), || {
+        app.status()["counters"]["answered_408"] == 100
+    });
+    drop(idle);
+}

@@ -78,6 +78,9 @@ impl Master {
                 _ = shutdown.recv() => return,
             };
             for _ in 0..ACCEPT_BATCH {
+                if self.pending() >= self.cfg.limits.max_pending_connections {
+                    break;
+                }
                 match accept4(listener.get_ref().as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
                     // SAFETY: accept4 returned a new descriptor that nobody else owns.
                     Ok(fd) => self.accepted(unsafe { OwnedFd::from_raw_fd(fd) }),
@@ -111,7 +114,7 @@ impl Master {
     fn accepted(self: &Rc<Self>, conn: OwnedFd) {
         self.st.borrow_mut().counters.accepted += 1;
         match self.peek(&conn) {
-            Peeked::Head(head) => self.dispatch(conn, head, 0),
+            Peeked::Head(head) => self.dispatch(conn, head, 0, Instant::now()),
             Peeked::Incomplete => {
                 self.st.borrow_mut().reading_heads += 1;
                 tokio::task::spawn_local(self.clone().read_head(conn));
@@ -145,7 +148,7 @@ impl Master {
         self.st.borrow_mut().reading_heads -= 1;
         self.room.notify_one();
         match outcome {
-            Some((conn, Peeked::Head(head))) => self.dispatch(conn, head, 0),
+            Some((conn, Peeked::Head(head))) => self.dispatch(conn, head, 0, Instant::now()),
             Some((conn, Peeked::TimedOut)) => self.count_and_answer(conn, http_head::response::HEAD_TIMEOUT),
             Some((conn, Peeked::Bad(e))) => self.count_and_answer(conn, e.response()),
             Some((_, Peeked::Closed | Peeked::Incomplete)) | None => self.st.borrow_mut().counters.closed_early += 1,

@@ -190,7 +190,8 @@ impl Master {
     }
 
     /// Routes a connection whose head is complete: hands it off, or parks it.
-    fn dispatch(&self, conn: OwnedFd, head: Head, attempts: u8) {
+    /// `since`: when it started waiting for a worker (now, for a new one).
+    fn dispatch(&self, conn: OwnedFd, head: Head, attempts: u8, since: Instant) {
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
@@ -199,7 +200,7 @@ impl Master {
                 let Some(peer) = st.peers.get_mut(&slot) else {
                     // Router and peers move together; this is a bug, not a client's fault.
                     warn!(worker = slot, "routable worker without an agent");
-                    st.waiting.push_back(Waiting { conn, head, since: now, attempts });
+                    st.waiting.push_back(Waiting { conn, head, since, attempts });
                     return;
                 };
                 let id = st.next_handoff;
@@ -212,7 +213,7 @@ impl Master {
                 st.counters.handed_off += 1;
             }
             Route::Wait => {
-                st.waiting.push_back(Waiting { conn, head, since: now, attempts });
+                st.waiting.push_back(Waiting { conn, head, since, attempts });
                 self.waiting_changed.notify_one();
             }
         }
@@ -222,13 +223,9 @@ impl Master {
     fn retry_waiting(&self) {
         let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
         for w in waiting {
-            let since = w.since;
-            self.dispatch(w.conn, w.head, w.attempts);
-            // Keep the original wait time if it parks again.
-            if let Some(back) = self.st.borrow_mut().waiting.back_mut() {
-                back.since = back.since.min(since);
-            }
+            self.dispatch(w.conn, w.head, w.attempts, w.since);
         }
+        self.room.notify_one();
     }
 
     /// Answers 503 to connections that waited too long for a worker.
@@ -257,6 +254,7 @@ impl Master {
             };
             if !expired.is_empty() {
                 warn!(app = %self.cfg.app, count = expired.len(), "no worker ready in time: answered 503");
+                self.room.notify_one();
             }
             for w in expired {
                 self.answer(w.conn, http_head::response::NO_WORKER);
@@ -277,7 +275,9 @@ impl Master {
             return;
         }
         match self.peek(&conn) {
-            accept::Peeked::Head(head) if head == flight.head => self.dispatch(conn, head, flight.attempts + 1),
+            accept::Peeked::Head(head) if head == flight.head => {
+                self.dispatch(conn, head, flight.attempts + 1, Instant::now())
+            }
             // Consumed or changed: a worker read it before dying. Nothing to save.
             _ => debug!(app = %self.cfg.app, "connection torn by a dying worker; closed"),
         }
