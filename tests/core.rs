@@ -103,3 +103,14 @@ fn a_worker_that_calls_listen_still_works() {
     assert!(log.contains("the worker called listen(): ignored"), "{log}");
     assert!(std::net::TcpStream::connect(("127.0.0.1", 3999)).is_err(), "nothing listens on the worker's own port");
 }
+
+#[test]
+fn an_app_with_its_own_generate_id_is_routed_by_the_learned_table() {
+    let app = App::start_with(2, serde_json::json!({"env": {"CUSTOM_IDS": "1"}}));
+    let r = node("transports.js", &[&app.port.to_string()]);
+    assert_eq!(r["byWorker"].as_object().unwrap().len(), 2, "{r}");
+    assert_eq!(r["echoByOwner"], true, "{r}");
+    assert_eq!(r["upgraded"], true, "{r}");
+    assert_eq!(r["bigOk"], true, "{r}");
+    assert!(app.log().contains("session opened"), "sticky's announcements reach the master");
+}

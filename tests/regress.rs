@@ -60,3 +60,12 @@ fn nodejs_node_8353_nothing_lost_10k_websocket_sessions() {
     assert_eq!(c["rerouted"], 0, "{c}");
     assert_eq!(c["answered_503"], 0, "{c}");
 }
+
+#[test]
+fn socket_io_sticky_2_with_the_apps_own_generate_id() {
+    // Foreign sids route through the announced table; a request that beats
+    // its sid's announcement waits for it instead of failing.
+    let app = App::start_with(2, json!({"env": {"CUSTOM_IDS": "1"}}));
+    let r = node("race.js", &[&app.port.to_string(), "300"]);
+    assert_eq!(r["counts"], json!({"ok": 300}), "{r}");
+}

@@ -157,6 +157,10 @@ impl Master {
                 ToMaster::SessionOpened(sid) => {
                     debug!(app = %self.cfg.app, worker = slot, sid = %sid, "session opened");
                     self.st.borrow_mut().router.session_opened(slot, &sid, now);
+                    // A request may be waiting for exactly this announcement.
+                    if !self.st.borrow().waiting.is_empty() {
+                        self.retry_waiting();
+                    }
                 }
                 ToMaster::SessionClosed(sid) => self.st.borrow_mut().router.session_closed(slot, &sid),
                 ToMaster::HandoffDone(id) => {

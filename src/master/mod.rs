@@ -59,12 +59,27 @@ struct InFlight {
     attempts: u8,
 }
 
-/// A connection waiting for a worker.
+/// How long a request with a foreign sid waits for the sid's announcement.
+const ANNOUNCEMENT_WAIT: Duration = Duration::from_millis(500);
+
+/// A connection waiting for a worker, or for its sid's announcement.
 struct Waiting {
     conn: OwnedFd,
     head: Head,
+    /// When it started waiting.
     since: Instant,
     attempts: u8,
+    deadline: Instant,
+    /// What happens at the deadline.
+    then: GiveUp,
+}
+
+enum GiveUp {
+    /// 503: no worker became ready in time.
+    Answer503,
+    /// The sid was never announced: route it like a new session (its
+    /// worker answers "Session ID unknown" and the client starts over).
+    AsNewSession,
 }
 
 #[derive(Default)]
@@ -200,7 +215,8 @@ impl Master {
                 let Some(peer) = st.peers.get_mut(&slot) else {
                     // Router and peers move together; this is a bug, not a client's fault.
                     warn!(worker = slot, "routable worker without an agent");
-                    st.waiting.push_back(Waiting { conn, head, since, attempts });
+                    let deadline = since + self.cfg.timeouts.worker_wait_ms;
+                    st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::Answer503 });
                     return;
                 };
                 let id = st.next_handoff;
@@ -213,7 +229,13 @@ impl Master {
                 st.counters.handed_off += 1;
             }
             Route::Wait => {
-                st.waiting.push_back(Waiting { conn, head, since, attempts });
+                let deadline = since + self.cfg.timeouts.worker_wait_ms;
+                st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::Answer503 });
+                self.waiting_changed.notify_one();
+            }
+            Route::AwaitAnnouncement => {
+                let deadline = since + ANNOUNCEMENT_WAIT;
+                st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::AsNewSession });
                 self.waiting_changed.notify_one();
             }
         }
@@ -228,14 +250,14 @@ impl Master {
         self.room.notify_one();
     }
 
-    /// Answers 503 to connections that waited too long for a worker.
+    /// Gives up on connections that waited too long: 503 for those that
+    /// waited for a worker, a new-session route for unannounced sids.
     async fn expire_waiting(self: Rc<Self>) {
-        let limit = self.cfg.timeouts.worker_wait_ms;
         loop {
-            let oldest = self.st.borrow().waiting.iter().map(|w| w.since).min();
+            let next = self.st.borrow().waiting.iter().map(|w| w.deadline).min();
             let sleep = async {
-                match oldest {
-                    Some(t) => tokio::time::sleep_until((t + limit).into()).await,
+                match next {
+                    Some(t) => tokio::time::sleep_until(t.into()).await,
                     None => std::future::pending().await,
                 }
             };
@@ -246,27 +268,38 @@ impl Master {
             let now = Instant::now();
             let expired: Vec<_> = {
                 let mut st = self.st.borrow_mut();
-                let (old, keep): (Vec<_>, Vec<_>) =
-                    st.waiting.drain(..).partition(|w| now.duration_since(w.since) >= limit);
+                let (old, keep): (Vec<_>, Vec<_>) = st.waiting.drain(..).partition(|w| w.deadline <= now);
                 st.waiting = keep.into();
-                st.counters.answered_503 += old.len() as u64;
                 old
             };
-            if !expired.is_empty() {
-                warn!(app = %self.cfg.app, count = expired.len(), "no worker ready in time: answered 503");
-                self.room.notify_one();
+            let mut answered = 0;
+            for mut w in expired {
+                match w.then {
+                    GiveUp::Answer503 => {
+                        answered += 1;
+                        self.count_and_answer(w.conn, http_head::response::NO_WORKER);
+                    }
+                    GiveUp::AsNewSession => {
+                        debug!(app = %self.cfg.app, sid = w.head.sid.as_deref().unwrap_or(""), "sid never announced: routed as new");
+                        w.head.sid = None;
+                        self.dispatch(w.conn, w.head, w.attempts, now);
+                    }
+                }
             }
-            for w in expired {
-                self.answer(w.conn, http_head::response::NO_WORKER);
+            if answered > 0 {
+                warn!(app = %self.cfg.app, count = answered, "no worker ready in time: answered 503");
             }
+            self.room.notify_one();
         }
     }
 
     /// A worker's agent reported that a connection did not reach Node, or
     /// the agent died holding it: if the head is still unread, route again.
     fn reroute(self: &Rc<Self>, flight: InFlight) {
+        // The agent only reports connections it received, and a dead
+        // link's queue is cleared before this: the master's copy is the last.
         let Ok(conn) = Rc::try_unwrap(flight.conn) else {
-            // Still in the dead link's queue: it will be dropped with it.
+            warn!(app = %self.cfg.app, "a connection to reroute is still queued to its dead worker; closed");
             return;
         };
         self.st.borrow_mut().counters.rerouted += 1;

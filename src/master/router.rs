@@ -61,6 +61,11 @@ pub enum Route {
     /// No suitable worker now: hold the connection (bounded), retry when a
     /// worker's state changes.
     Wait,
+    /// A foreign sid (an app's own `generateId`) not announced yet: its
+    /// worker's `sticky:connection` is likely still on its way (the
+    /// client's next request can overtake it, socket.io-sticky#2). Hold it
+    /// briefly, retry on each announcement, then balance it as new.
+    AwaitAnnouncement,
 }
 
 /// A worker as `sioctl status` shows it.
@@ -162,11 +167,12 @@ impl Router {
     }
 
     pub fn route(&mut self, head: &Head, now: Instant) -> Route {
-        if let Some(owner) = head.sid.as_deref().and_then(|s| self.owner(s)) {
-            match self.workers.get(&owner).map(|w| w.state) {
-                Some(WorkerState::Starting) => return Route::Wait,
-                Some(_) => return Route::To(owner),
-                None => {} // the owner is gone for good: so is the session
+        if let Some(sid) = head.sid.as_deref() {
+            match self.owner(sid).map(|owner| (owner, self.workers.get(&owner).map(|w| w.state))) {
+                Some((_, Some(WorkerState::Starting))) => return Route::Wait,
+                Some((owner, Some(_))) => return Route::To(owner),
+                Some((_, None)) => {} // the owner is gone for good: so is the session
+                None => return Route::AwaitAnnouncement,
             }
         }
         let ready = self.workers.iter_mut().filter(|(_, w)| w.state == WorkerState::Ready);
@@ -261,11 +267,12 @@ mod tests {
     fn foreign_sids_use_the_learned_table() {
         let now = Instant::now();
         let mut r = ready_router(&[1, 2]);
+        // Not announced yet: wait for it.
+        assert_eq!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::AwaitAnnouncement);
         r.session_opened(2, "my-uuid-style-session-id", now);
         assert_eq!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::To(2));
         r.session_closed(2, "my-uuid-style-session-id");
-        // Unknown now: balanced like a new session.
-        assert!(matches!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::To(_)));
+        assert_eq!(r.route(&head(Some("my-uuid-style-session-id")), now), Route::AwaitAnnouncement);
     }
 
     #[test]

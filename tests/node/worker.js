@@ -10,6 +10,9 @@ const httpServer = createServer((req, res) => {
   res.end(`page from ${process.pid}`);
 });
 const io = new Server(httpServer, { maxHttpBufferSize: 4e6 });
+// An app with its own session ids (no slot inside): routed by the table the
+// master learns from sticky's announcements.
+if (process.env.CUSTOM_IDS) io.engine.generateId = () => require("crypto").randomUUID();
 io.adapter(createAdapter());
 setupWorker(io);
 
