@@ -151,3 +151,95 @@ impl NodeChannel {
         ids
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::handoff::{FrameReader, Prefix};
+
+    /// Plays Node's side of the channel: reads what the parent sends.
+    struct FakeChild {
+        link: Rc<Link>,
+        reader: FrameReader,
+    }
+
+    impl FakeChild {
+        /// The next frame's payload, and the fd Node would give it: like
+        /// Node, the oldest fd received goes to the next `NODE_HANDLE`.
+        async fn next(&mut self) -> (Vec<u8>, Option<OwnedFd>) {
+            let payload = self.reader.next(&self.link).await.unwrap().unwrap().to_vec();
+            let is_handle = payload == super::super::sticky_handoff_frame()[4..];
+            let fd = if is_handle { self.reader.fds.pop_front() } else { None };
+            (payload, fd)
+        }
+
+        /// Whether nothing more arrives within a short while.
+        async fn quiet(&mut self) -> bool {
+            tokio::time::timeout(std::time::Duration::from_millis(50), self.reader.next(&self.link)).await.is_err()
+        }
+    }
+
+    fn pair() -> (Rc<NodeChannel>, FakeChild) {
+        let (channel, child) = NodeChannel::pair().unwrap();
+        let child = std::os::unix::net::UnixStream::from(child.0);
+        child.set_nonblocking(true).unwrap();
+        let link = Link::new(tokio::net::UnixStream::from_std(child).unwrap());
+        (channel, FakeChild { link, reader: FrameReader::new(Prefix::Node, 1 << 20) })
+    }
+
+    fn a_socket() -> OwnedFd {
+        let (a, _b) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC).unwrap();
+        a
+    }
+
+    #[test]
+    fn one_handle_in_flight_others_held_until_ack() {
+        crate::up::block_on(async {
+            let (channel, mut child) = pair();
+            tokio::task::spawn_local({
+                let l = channel.link().clone();
+                async move { l.write_loop().await }
+            });
+            channel.send_handle(1, a_socket());
+            channel.send_frame(Rc::from(&b"\0\0\0\x01x"[..]));
+            channel.send_handle(2, a_socket());
+            let (first, fd) = child.next().await;
+            assert!(fd.is_some() && first == channel.handoff_frame[4..], "the first handle, with its fd");
+            assert!(child.quiet().await, "nothing else before the ACK");
+            assert_eq!(channel.acked(), Some(1));
+            let (held, fd) = child.next().await;
+            assert!(held == b"x" && fd.is_none(), "then the held message, in order");
+            assert!(child.next().await.1.is_some(), "then the second handle, with its fd");
+            assert!(child.quiet().await);
+            assert_eq!(channel.acked(), Some(2));
+        });
+    }
+
+    #[test]
+    fn nack_resends_the_same_handle_then_gives_up() {
+        crate::up::block_on(async {
+            let (channel, mut child) = pair();
+            tokio::task::spawn_local({
+                let l = channel.link().clone();
+                async move { l.write_loop().await }
+            });
+            let sock = a_socket();
+            let inode = nix::sys::stat::fstat(sock.as_raw_fd()).unwrap().st_ino;
+            channel.send_handle(7, sock);
+            // The first send and each retransmission carry the same connection.
+            for _ in 0..MAX_RETRANSMISSIONS {
+                let fd = child.next().await.1.expect("an fd");
+                assert_eq!(nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_ino, inode);
+                assert_eq!(channel.nacked(), None, "NACK: sent again");
+            }
+            let fd = child.next().await.1.expect("an fd");
+            assert_eq!(nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_ino, inode);
+            assert_eq!(
+                channel.nacked(),
+                Some(7),
+                "after {MAX_RETRANSMISSIONS} retransmissions the connection is handed back"
+            );
+            assert_eq!(channel.abandon(), Vec::<u64>::new());
+        });
+    }
+}
