@@ -183,27 +183,16 @@ impl Link {
         }
     }
 
-    /// Reads what is available into `buf` (appending) and `fds`, waiting
-    /// until something is. `Ok(0)` is EOF.
-    pub async fn read(&self, buf: &mut Vec<u8>, fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
-        const CHUNK: usize = 64 * 1024;
+    /// Reads what is available into `into` and received fds into `fds`,
+    /// waiting until something is. `Ok(0)` is EOF.
+    pub async fn read(&self, into: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
         let sock = self.stream.as_raw_fd();
         loop {
             self.stream.readable().await?;
-            let len = buf.len();
-            buf.resize(len + CHUNK, 0);
-            let r = self.stream.try_io(Interest::READABLE, || recv_some(sock, &mut buf[len..], fds));
-            match r {
-                Ok(n) => {
-                    buf.truncate(len + n);
-                    return Ok(n);
-                }
-                Err(e) => {
-                    buf.truncate(len);
-                    if e.kind() != io::ErrorKind::WouldBlock && e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
+            match self.stream.try_io(Interest::READABLE, || recv_some(sock, into, fds)) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
     }
@@ -226,11 +215,18 @@ pub enum Prefix {
     Node,
 }
 
+/// Bytes a [`FrameReader`] reads at a time; its buffer starts at this size,
+/// grows for larger frames, and shrinks back once they are consumed.
+const READ_CHUNK: usize = 64 * 1024;
+
 /// Splits what a [`Link`] reads into frames.
 pub struct FrameReader {
     prefix: Prefix,
+    /// Initialized once (reads go straight into it, nothing is zeroed per
+    /// read); `buf[start..end]` holds the bytes not yet handed out.
     buf: Vec<u8>,
     start: usize,
+    end: usize,
     /// Fds received so far, oldest first; whoever decodes a frame that
     /// carries one takes it from the front.
     pub fds: VecDeque<OwnedFd>,
@@ -241,7 +237,7 @@ impl FrameReader {
     /// `max`: the largest frame body accepted; a larger one is an error
     /// (the peer is dropped), before any of it is buffered.
     pub fn new(prefix: Prefix, max: usize) -> Self {
-        FrameReader { prefix, buf: Vec::new(), start: 0, fds: VecDeque::new(), max }
+        FrameReader { prefix, buf: vec![0; READ_CHUNK], start: 0, end: 0, fds: VecDeque::new(), max }
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -252,7 +248,8 @@ impl FrameReader {
     /// needed. `Ok(None)` on a clean EOF between frames.
     pub async fn next(&mut self, link: &Link) -> io::Result<Option<&[u8]>> {
         loop {
-            if let Some(len) = self.buf.get(self.start..self.start + 4) {
+            let mut needed = 4;
+            if let Some(len) = self.buf.get(self.start..self.start + 4).filter(|_| self.end - self.start >= 4) {
                 let len: [u8; 4] = len.try_into().expect("4 bytes");
                 let len = match self.prefix {
                     Prefix::Bus => u32::from_le_bytes(len),
@@ -261,17 +258,35 @@ impl FrameReader {
                 if len > self.max {
                     return Err(io::Error::other(format!("frame of {len} bytes exceeds the limit of {}", self.max)));
                 }
-                if self.buf.len() - self.start >= 4 + len {
+                if self.end - self.start >= 4 + len {
                     let at = self.start;
                     self.start += 4 + len;
                     return Ok(Some(&self.buf[at + 4..at + 4 + len]));
                 }
+                needed = 4 + len;
             }
-            self.buf.drain(..self.start);
-            self.start = 0;
-            if link.read(&mut self.buf, &mut self.fds).await? == 0 {
-                return if self.buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+            self.make_room(needed);
+            let n = link.read(&mut self.buf[self.end..], &mut self.fds).await?;
+            if n == 0 {
+                return if self.start == self.end { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
+            self.end += n;
+        }
+    }
+
+    /// Moves the unread bytes to the front, and sizes the buffer for a
+    /// frame of `needed` bytes plus a read's worth.
+    fn make_room(&mut self, needed: usize) {
+        self.buf.copy_within(self.start..self.end, 0);
+        self.end -= self.start;
+        self.start = 0;
+        let want = needed.max(self.end + READ_CHUNK);
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        } else if self.buf.len() > 4 * READ_CHUNK && want <= READ_CHUNK {
+            // A large frame is gone: do not keep its memory per peer.
+            self.buf.truncate(READ_CHUNK);
+            self.buf.shrink_to_fit();
         }
     }
 }
