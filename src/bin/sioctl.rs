@@ -5,7 +5,7 @@
 //! `control_group` may run them.
 
 use clap::{Parser, Subcommand};
-use sio::config::{AppConfig, DEFAULT_CONFIG_DIR};
+use sio::config::DEFAULT_CONFIG_DIR;
 use sio::control::{thousands, Request, Response, Status};
 use sio::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
 use std::io::{Read, Write};
@@ -126,8 +126,20 @@ fn print_status(s: &Status) {
     }
 }
 
+/// The apps configured in the config folder: the names of its `APP.json`
+/// files (their content is the master's business, not listing's).
 fn apps(cli: &Cli) -> Result<Vec<String>, String> {
-    Ok(AppConfig::load_dir(&cli.config_dir).map_err(|e| e.to_string())?.into_iter().map(|c| c.app).collect())
+    let entries = std::fs::read_dir(&cli.config_dir).map_err(|e| format!("{}: {e}", cli.config_dir.display()))?;
+    let mut apps: Vec<String> = entries
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            (path.extension()? == "json").then_some(())?;
+            Some(path.file_stem()?.to_str()?.to_owned())
+        })
+        .filter(|name| sio::config::valid_app_name(name))
+        .collect();
+    apps.sort();
+    Ok(apps)
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
