@@ -24,8 +24,9 @@ use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
 
-/// Bytes to write, shared so that one relayed frame can sit in many queues.
-pub type Bytes = Rc<[u8]>;
+/// Bytes to write, shared so that one relayed frame can sit in many queues
+/// (an `Rc<Vec>` takes a `Vec` over without copying it).
+pub type Bytes = Rc<Vec<u8>>;
 
 struct Outgoing {
     data: Bytes,

@@ -179,8 +179,13 @@ mod tests {
         }
     }
 
+    /// A channel with its writer running, and Node's end of it.
     fn pair() -> (Rc<NodeChannel>, FakeChild) {
         let (channel, child) = NodeChannel::pair().unwrap();
+        tokio::task::spawn_local({
+            let l = channel.link().clone();
+            async move { l.write_loop().await }
+        });
         let child = std::os::unix::net::UnixStream::from(child.0);
         child.set_nonblocking(true).unwrap();
         let link = Link::new(tokio::net::UnixStream::from_std(child).unwrap());
@@ -196,12 +201,8 @@ mod tests {
     fn one_handle_in_flight_others_held_until_ack() {
         crate::up::block_on(async {
             let (channel, mut child) = pair();
-            tokio::task::spawn_local({
-                let l = channel.link().clone();
-                async move { l.write_loop().await }
-            });
             channel.send_handle(1, a_socket());
-            channel.send_frame(Rc::from(&b"\0\0\0\x01x"[..]));
+            channel.send_frame(Rc::new(b"\0\0\0\x01x".to_vec()));
             channel.send_handle(2, a_socket());
             let (first, fd) = child.next().await;
             assert!(fd.is_some() && first == channel.handoff_frame[4..], "the first handle, with its fd");
@@ -219,10 +220,6 @@ mod tests {
     fn nack_resends_the_same_handle_then_gives_up() {
         crate::up::block_on(async {
             let (channel, mut child) = pair();
-            tokio::task::spawn_local({
-                let l = channel.link().clone();
-                async move { l.write_loop().await }
-            });
             let sock = a_socket();
             let inode = nix::sys::stat::fstat(sock.as_raw_fd()).unwrap().st_ino;
             channel.send_handle(7, sock);
