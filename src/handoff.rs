@@ -91,17 +91,9 @@ impl Link {
         })
     }
 
-    pub fn stream(&self) -> &UnixStream {
-        &self.stream
-    }
-
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
-    }
-
-    pub fn is_closed(&self) -> bool {
-        self.closed.get()
     }
 
     /// Marks the link dead: queued items are dropped (fds closed) and

@@ -141,10 +141,6 @@ impl Master {
         }))
     }
 
-    pub fn app(&self) -> &str {
-        &self.cfg.app
-    }
-
     /// Runs until `shutdown`, then stops cleanly: no new connections, heads
     /// being read and connections waiting for a worker are finished (within
     /// bounds), and the workers are stopped if they stop with the master.

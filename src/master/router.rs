@@ -229,10 +229,6 @@ impl Router {
     pub fn free_slot(&self) -> Option<u16> {
         (1..=sid::MAX_SLOT).find(|s| !self.workers.contains_key(s))
     }
-
-    pub fn count(&self, state: WorkerState) -> usize {
-        self.workers.values().filter(|w| w.state == state).count()
-    }
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ pub mod sandbox;
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -227,10 +227,6 @@ pub fn node(script: &str, args: &[&str]) -> Value {
         .find_map(|l| l.strip_prefix("RESULT "))
         .unwrap_or_else(|| panic!("{script} reported nothing:\n{stdout}\n{stderr}"));
     serde_json::from_str(line).unwrap()
-}
-
-pub fn in_file(path: &Path) -> String {
-    fs::read_to_string(path).unwrap_or_default()
 }
 
 /// `tests/node/hold.js`: clients that stay connected while a test changes
