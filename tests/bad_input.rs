@@ -224,3 +224,18 @@ fn the_pending_connection_cap_pauses_accepting_and_resumes() {
     });
     drop(idle);
 }
+
+#[test]
+fn no_worker_ready_in_time_is_a_503_that_closes() {
+    // A worker that starts but never attaches a message listener: never ready.
+    let app = App::start_with(
+        0,
+        json!({"instances": 1, "command": ["node", "-e", "setInterval(() => {}, 1000)"], "timeouts": {"worker_wait_ms": 500}}),
+    );
+    let r = exchange(app.port, b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(r.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), "{r:?}");
+    assert!(r.contains("Connection: close\r\n") && r.contains("Retry-After: 1\r\n"), "{r:?}");
+    let s = app.status();
+    assert_eq!(s["counters"]["answered_503"], 1, "{s}");
+    assert_eq!(s["workers"][0]["state"], "connected", "{s}");
+}
