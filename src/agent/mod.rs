@@ -75,7 +75,15 @@ struct Agent {
     slot: u16,
     node: Rc<NodeChannel>,
     held: RefCell<Held>,
+    /// Small messages to the master (handoff confirmations, session
+    /// announcements) collected for [`COALESCE`], so that the master wakes
+    /// once for several of them rather than once each.
+    outbox: RefCell<Vec<u8>>,
+    outbox_filled: tokio::sync::Notify,
 }
+
+/// How long small messages to the master wait to travel together.
+const COALESCE: Duration = Duration::from_millis(2);
 
 /// Runs the agent for `slot` of the app until its worker exits or it is
 /// told to stop.
@@ -94,7 +102,15 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
     };
     let pid = child.id().unwrap_or(0);
     info!(app = %cfg.app, worker = slot, pid, "worker started");
-    let agent = Rc::new(Agent { cfg, slot, node, held: RefCell::default() });
+    let agent = Rc::new(Agent {
+        cfg,
+        slot,
+        node,
+        held: RefCell::default(),
+        outbox: RefCell::default(),
+        outbox_filled: tokio::sync::Notify::new(),
+    });
+    tokio::task::spawn_local(agent.clone().send_outbox());
     tokio::task::spawn_local({
         let link = agent.node.link().clone();
         async move {
@@ -176,12 +192,27 @@ impl Agent {
         for id in self.node.abandon() {
             self.to_master(ToMaster::HandoffFailed(id));
         }
+        // The agent exits next: no time to wait for the outbox.
+        if let Some(link) = self.held.borrow().master.clone() {
+            self.flush_outbox(&link);
+        }
     }
 
     fn to_master(&self, msg: ToMaster) {
         let mut held = self.held.borrow_mut();
         match (&held.master, msg) {
-            (Some(link), msg) => link.send(msg.to_frame().into(), None),
+            (Some(link), msg @ ToMaster::Adapter { .. }) => {
+                // Broadcasts go at once (after what is collected, in order).
+                self.flush_outbox(link);
+                link.send(msg.to_frame().into(), None);
+            }
+            (Some(_), msg) => {
+                let mut outbox = self.outbox.borrow_mut();
+                if outbox.is_empty() {
+                    self.outbox_filled.notify_one();
+                }
+                msg.encode(&mut outbox);
+            }
             (None, ToMaster::Adapter { header, frame }) => {
                 // Kept for the next master; the rest is replayed from state.
                 let limit = self.cfg.limits.bus_queue_bytes;
@@ -191,6 +222,24 @@ impl Agent {
                 }
             }
             (None, _) => {}
+        }
+    }
+
+    fn flush_outbox(&self, link: &Link) {
+        let batch = std::mem::take(&mut *self.outbox.borrow_mut());
+        if !batch.is_empty() {
+            link.send(Rc::new(batch), None);
+        }
+    }
+
+    /// Sends collected small messages [`COALESCE`] after the first of them.
+    async fn send_outbox(self: Rc<Self>) {
+        loop {
+            self.outbox_filled.notified().await;
+            tokio::time::sleep(COALESCE).await;
+            if let Some(link) = self.held.borrow().master.clone() {
+                self.flush_outbox(&link);
+            }
         }
     }
 
@@ -356,6 +405,8 @@ impl Agent {
             }
         };
         self.held.borrow_mut().master = None;
+        // What was not sent is replayed from state to the next master.
+        self.outbox.borrow_mut().clear();
         link.close();
         result
     }

@@ -77,13 +77,17 @@ impl Master {
                 },
                 _ = shutdown.recv() => return,
             };
-            for _ in 0..ACCEPT_BATCH {
+            let mut accepted = 0;
+            while accepted < ACCEPT_BATCH {
                 if self.pending() >= self.cfg.limits.max_pending_connections {
                     break;
                 }
                 match accept4(listener.get_ref().as_raw_fd(), SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC) {
                     // SAFETY: accept4 returned a new descriptor that nobody else owns.
-                    Ok(fd) => self.accepted(unsafe { OwnedFd::from_raw_fd(fd) }),
+                    Ok(fd) => {
+                        accepted += 1;
+                        self.accepted(unsafe { OwnedFd::from_raw_fd(fd) })
+                    }
                     Err(Errno::EAGAIN) => {
                         guard.clear_ready();
                         break;
@@ -101,7 +105,10 @@ impl Master {
                     }
                 }
             }
-            tokio::task::yield_now().await;
+            if accepted == ACCEPT_BATCH {
+                // More are waiting: let the other tasks run first.
+                tokio::task::yield_now().await;
+            }
         }
     }
 
