@@ -185,3 +185,31 @@ fn stopping_socket_and_service_leaves_nothing_running() {
     let left = sb.exec(&["pgrep", "-f", "worker.js|sio (master|worker)"]);
     assert!(left.stdout.is_empty(), "still running: {}", String::from_utf8_lossy(&left.stdout));
 }
+
+#[test]
+fn a_hung_master_is_killed_by_the_watchdog_and_the_next_one_adopts_the_workers() {
+    ensure_node_modules();
+    let app = app_name();
+    let port = free_port();
+    let sb = Sandbox::boot(&app, &[(&app, config(port, 2))]);
+    sb.drop_in(&format!("sio@{app}.service"), "[Service]\nWatchdogSec=2s\nRestartSec=100ms\n");
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let holder = Holder::start(port, 10, "websocket");
+    // Alive and pinging: still the same master after three watchdog periods.
+    std::thread::sleep(Duration::from_secs(6));
+    assert_eq!(sb.status(&app).unwrap()["pid"], before["pid"], "a healthy master is left alone");
+    // A hung event loop stops the pings.
+    let pid = before["pid"].as_u64().unwrap().to_string();
+    assert!(sb.exec(&["kill", "-STOP", &pid]).status.success());
+    let after =
+        sb.wait_status(&app, "a new master", Duration::from_secs(20), |s| s["pid"] != before["pid"] && ready(2)(s));
+    let pids =
+        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
+    assert_eq!(pids(&before), pids(&after), "the workers were adopted, not restarted");
+    let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
+    assert!(log.contains("Watchdog timeout"), "{log}");
+    let r = holder.report();
+    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    assert_eq!(disconnects, 0, "{r}");
+}

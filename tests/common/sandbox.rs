@@ -169,6 +169,15 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
         sandbox
     }
 
+    /// Adds a drop-in to `unit` (a file in the sandbox's unit folder, so
+    /// `daemon-reload` sees it).
+    pub fn drop_in(&self, unit: &str, content: &str) {
+        let d = self.dir.join("units").join(format!("{unit}.d"));
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("60-test.conf"), content).unwrap();
+        self.systemctl(&["daemon-reload"]);
+    }
+
     /// Runs a command inside the sandbox (its PID and mount namespaces).
     pub fn exec(&self, args: &[&str]) -> Output {
         Command::new("nsenter").arg("-t").arg(self.pid.to_string()).args(["-p", "-m"]).args(args).output().unwrap()
