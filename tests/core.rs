@@ -114,3 +114,28 @@ fn an_app_with_its_own_generate_id_is_routed_by_the_learned_table() {
     assert_eq!(r["bigOk"], true, "{r}");
     assert!(app.log().contains("session opened"), "sticky's announcements reach the master");
 }
+
+#[test]
+fn a_worker_that_disconnects_from_the_cluster_is_replaced() {
+    let mut app = App::start_with(1, serde_json::json!({"env": {"DISCONNECT_AFTER_MS": "1500"}}));
+    let first = app.worker_pids();
+    let t0 = std::time::Instant::now();
+    while !app.log().contains("the worker closed its IPC channel") {
+        assert!(
+            t0.elapsed().as_secs() < 15,
+            "the agent acked the disconnect and noticed the channel close: {}",
+            app.log()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(app.log().contains("disconnecting w1"), "{}", app.log());
+    // The old worker is gone for good, and a new one serves.
+    for p in &first {
+        let t0 = std::time::Instant::now();
+        while alive(*p) {
+            assert!(t0.elapsed().as_secs() < 10, "pid {p} still running");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    app.wait_ready(1, std::time::Duration::from_secs(15));
+}

@@ -82,6 +82,9 @@ struct Agent {
     outbox_filled: tokio::sync::Notify,
 }
 
+/// How long a worker whose IPC channel closed may take to exit by itself.
+const CHANNEL_GONE_GRACE: Duration = Duration::from_millis(500);
+
 /// How long small messages to the master wait to travel together.
 const COALESCE: Duration = Duration::from_millis(2);
 
@@ -117,12 +120,19 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
             let _ = link.write_loop().await;
         }
     });
-    tokio::task::spawn_local(agent.clone().read_node());
+    let channel = tokio::task::spawn_local(agent.clone().read_node());
     let master = tokio::task::spawn_local(agent.clone().serve_master());
     let exit = tokio::select! {
         status = child.wait() => match status {
             Ok(s) => Exit::Worker(s),
             Err(e) => Exit::Failed(format!("lost the worker: {e}")),
+        },
+        // Without its channel the worker can take no connection: a worker
+        // that crashed is about to exit anyway; one that disconnected
+        // (`cluster.worker.disconnect()`) would linger, unreachable.
+        _ = channel => match tokio::time::timeout(CHANNEL_GONE_GRACE, child.wait()).await {
+            Ok(Ok(s)) => Exit::Worker(s),
+            _ => Exit::Failed("the worker closed its IPC channel".into()),
         },
         refused = master => Exit::Failed(refused.unwrap_or_else(|e| e.to_string())),
         _ = termination_signal() => {

@@ -43,6 +43,15 @@ io.on("connection", (socket) => {
 
 io.on("ping", (from, cb) => cb({ pong: me, from }));
 
+// A worker that leaves the cluster on its own: Node waits for the parent's
+// ack of exitedAfterDisconnect, closes the channel, and lingers (timers).
+if (process.env.DISCONNECT_AFTER_MS) {
+  setTimeout(() => {
+    console.log(`disconnecting ${me}`);
+    require("cluster").worker.disconnect();
+  }, Number(process.env.DISCONNECT_AFTER_MS));
+}
+
 // Some apps also call listen() out of habit: under a cluster parent that
 // asks the primary (queryServer) and must still work.
 if (process.env.CALL_LISTEN) {
