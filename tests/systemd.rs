@@ -26,12 +26,18 @@ fn ready(n: usize) -> impl Fn(&serde_json::Value) -> bool {
     move |s| App::ready_workers(s) == n && s["workers"].as_array().unwrap().len() == n
 }
 
-#[test]
-fn socket_activation_starts_the_master_and_its_workers() {
+/// A sandbox holding one app with `instances` workers, nothing started yet.
+fn booted(instances: u16) -> (Sandbox, String, u16) {
     ensure_node_modules();
     let app = app_name();
     let port = free_port();
-    let sb = Sandbox::boot(&app, &[(&app, config(port, 2))]);
+    let sb = Sandbox::boot(&app, &[(&app, config(port, instances))]);
+    (sb, app, port)
+}
+
+#[test]
+fn socket_activation_starts_the_master_and_its_workers() {
+    let (sb, app, port) = booted(2);
     sb.systemctl(&["start", &format!("sio@{app}.socket")]);
     assert!(sb.active_workers(&app).is_empty(), "nothing runs before the first connection");
     // The first connection activates the master, which starts the workers,
@@ -62,10 +68,7 @@ fn socket_activation_starts_the_master_and_its_workers() {
 
 /// A sandbox with APP's socket started and its workers ready.
 fn running(instances: u16) -> (Sandbox, String, u16) {
-    ensure_node_modules();
-    let app = app_name();
-    let port = free_port();
-    let sb = Sandbox::boot(&app, &[(&app, config(port, instances))]);
+    let (sb, app, port) = booted(instances);
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(instances as usize));
     (sb, app, port)
@@ -188,10 +191,7 @@ fn stopping_socket_and_service_leaves_nothing_running() {
 
 #[test]
 fn a_hung_master_is_killed_by_the_watchdog_and_the_next_one_adopts_the_workers() {
-    ensure_node_modules();
-    let app = app_name();
-    let port = free_port();
-    let sb = Sandbox::boot(&app, &[(&app, config(port, 2))]);
+    let (sb, app, port) = booted(2);
     sb.drop_in(&format!("sio@{app}.service"), "[Service]\nWatchdogSec=2s\nRestartSec=100ms\n");
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
