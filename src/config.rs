@@ -4,6 +4,12 @@
 //! Parsing is strict: an unknown field, a wrong type or an impossible value
 //! is one error that names the field, and nothing starts half-configured.
 //! The reference is in the README ("Configuration").
+//!
+//! Parsing ([`AppConfig::parse`]) is pure; [`AppConfig::load`] adds what
+//! only the running system can tell (the working directory exists, the
+//! control group resolves). The systemd generator reads nothing but
+//! `listen` ([`listen_addresses`]): it runs before most filesystems are
+//! mounted and must not ask NSS (LDAP, sssd) for groups.
 
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -102,6 +108,10 @@ pub struct Timeouts {
     /// no new ones, before it is stopped (its clients then reconnect).
     #[serde(deserialize_with = "millis")]
     pub drain_ms: Duration,
+    /// How long a worker may take to acknowledge a connection handed to it
+    /// before it counts as hung and is killed (and restarted).
+    #[serde(deserialize_with = "millis")]
+    pub handoff_ms: Duration,
 }
 
 impl Default for Timeouts {
@@ -112,6 +122,7 @@ impl Default for Timeouts {
             stop_ms: Duration::from_secs(5),
             ready_ms: Duration::from_secs(30),
             drain_ms: Duration::from_secs(2),
+            handoff_ms: Duration::from_secs(5),
         }
     }
 }
@@ -165,6 +176,14 @@ struct RawConfig {
     control_group: Option<String>,
 }
 
+/// What the generator reads: `listen` alone, through the same deserializer
+/// as [`RawConfig`] (same forms, same errors), every other field ignored.
+#[derive(Deserialize)]
+struct ListenOnly {
+    #[serde(default = "default_listen", deserialize_with = "addresses")]
+    listen: Vec<SocketAddr>,
+}
+
 /// A validated app configuration.
 #[derive(Debug, Clone)]
 pub struct AppConfig {
@@ -214,6 +233,43 @@ pub fn valid_app_name(name: &str) -> bool {
     !name.is_empty() && name.len() <= 64 && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
+/// The app a config file is for: its file stem, which must be a valid name.
+pub fn app_name(path: &Path) -> Result<String, ConfigError> {
+    let app = path.file_stem().and_then(|s| s.to_str()).unwrap_or("");
+    if !valid_app_name(app) {
+        let message = format!("app name {app:?} (the file name) must be 1-64 of A-Z a-z 0-9 _ -");
+        return Err(ConfigError { path: path.to_owned(), field: None, message });
+    }
+    Ok(app.to_owned())
+}
+
+/// Deserializes `text` as `T`, an error naming the field at fault.
+fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<T, ConfigError> {
+    // serde also reads a struct from an array of its fields in order. Nobody
+    // writes a config so, and the generator's `listen`-only view would read
+    // such an array differently from the full config.
+    if text.trim_start_matches([' ', '\t', '\n', '\r']).starts_with('[') {
+        return Err(ConfigError { path: path.to_owned(), field: None, message: "must be a JSON object".into() });
+    }
+    let de = &mut serde_json::Deserializer::from_str(text);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let field = e.path().to_string();
+        let message = e.into_inner().to_string();
+        ConfigError { path: path.to_owned(), field: (field != ".").then_some(field), message }
+    })?;
+    // Text after the object is a second config pasted in, or a broken edit.
+    de.end().map_err(|e| ConfigError { path: path.to_owned(), field: None, message: e.to_string() })?;
+    Ok(value)
+}
+
+/// The `listen` addresses of the config `text` read from `path`, ignoring
+/// every other field (even unknown ones, or a missing `command`): all the
+/// systemd generator needs, so that one broken field elsewhere or a `cwd`
+/// on a filesystem not mounted yet does not cost the app its socket.
+pub fn listen_addresses(path: &Path, text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
+    deserialize::<ListenOnly>(path, text).map(|l| l.listen)
+}
+
 impl AppConfig {
     /// The config file of `app` in `dir`.
     pub fn path_in(dir: &Path, app: &str) -> PathBuf {
@@ -221,26 +277,55 @@ impl AppConfig {
     }
 
     /// Loads and validates one app config; the app name is the file stem.
+    /// Beyond [`AppConfig::parse`], checks what only this system can tell:
+    /// `cwd` is a directory and `control_group` is a group.
     pub fn load(path: &Path) -> Result<AppConfig, ConfigError> {
-        let err = |field: Option<String>, message: String| ConfigError { path: path.to_owned(), field, message };
-        let app = path.file_stem().and_then(|s| s.to_str()).unwrap_or("").to_owned();
-        if !valid_app_name(&app) {
-            return Err(err(None, format!("app name {app:?} (the file name) must be 1-64 of A-Z a-z 0-9 _ -")));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| err(None, format!("cannot read: {e}")))?;
-        let de = &mut serde_json::Deserializer::from_str(&text);
-        let raw: RawConfig = serde_path_to_error::deserialize(de).map_err(|e| {
-            let field = e.path().to_string();
-            let inner = e.into_inner();
-            let field = (field != ".").then_some(field);
-            err(field, inner.to_string())
+        let err =
+            |field: &str, message: String| ConfigError { path: path.to_owned(), field: Some(field.into()), message };
+        // A bad file name is reported before the file is read, as it names no app.
+        app_name(path)?;
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            field: None,
+            message: format!("cannot read: {e}"),
         })?;
-        if raw.command.is_empty() || raw.command[0].is_empty() {
-            return Err(err(Some("command".into()), "must name a program, e.g. [\"node\", \"worker.js\"]".into()));
+        let cfg = AppConfig::parse(path, &text)?;
+        if !cfg.cwd.is_dir() {
+            return Err(err("cwd", format!("{} is not a directory", cfg.cwd.display())));
         }
-        for key in raw.env.keys() {
+        if let Some(g) = &cfg.control_group {
+            if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
+                return Err(err("control_group", format!("no group named {g:?}")));
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Validates the config `text` read from `path` without touching the
+    /// filesystem or NSS: the app name is the file stem, and a relative
+    /// `cwd` is taken from the file's folder.
+    pub fn parse(path: &Path, text: &str) -> Result<AppConfig, ConfigError> {
+        let err = |field: String, message: &str| ConfigError {
+            path: path.to_owned(),
+            field: Some(field),
+            message: message.into(),
+        };
+        let app = app_name(path)?;
+        let raw: RawConfig = deserialize(path, text)?;
+        if raw.command.is_empty() || raw.command[0].is_empty() {
+            return Err(err("command".into(), "must name a program, e.g. [\"node\", \"worker.js\"]"));
+        }
+        // A NUL cannot reach execve: every spawn would fail, and the agent
+        // would restart forever instead of the config being refused once.
+        if let Some(i) = raw.command.iter().position(|a| a.contains('\0')) {
+            return Err(err(format!("command[{i}]"), "must not contain a NUL character"));
+        }
+        for (key, value) in &raw.env {
             if key.is_empty() || key.contains('=') || key.contains('\0') {
-                return Err(err(Some(format!("env.{key}")), "is not a valid environment variable name".into()));
+                return Err(err(format!("env.{key}"), "is not a valid environment variable name"));
+            }
+            if value.contains('\0') {
+                return Err(err(format!("env.{key}"), "must not contain a NUL character"));
             }
         }
         let base = path.parent().unwrap_or(Path::new("."));
@@ -250,17 +335,12 @@ impl AppConfig {
             None => base.to_owned(),
         };
         let cwd = if cwd.as_os_str().is_empty() { PathBuf::from(".") } else { cwd };
-        if !cwd.is_dir() {
-            return Err(err(Some("cwd".into()), format!("{} is not a directory", cwd.display())));
-        }
-        if let Some(g) = &raw.control_group {
-            if nix::unistd::Group::from_name(g).ok().flatten().is_none() {
-                return Err(err(Some("control_group".into()), format!("no group named {g:?}")));
-            }
+        if cwd.as_os_str().as_encoded_bytes().contains(&0) {
+            return Err(err("cwd".into(), "must not contain a NUL character"));
         }
         let l = &raw.limits;
         if l.max_head_bytes < 256 || l.max_head_bytes > 1 << 20 {
-            return Err(err(Some("limits.max_head_bytes".into()), "must be from 256 to 1048576".into()));
+            return Err(err("limits.max_head_bytes".into(), "must be from 256 to 1048576"));
         }
         if l.max_pending_connections == 0 || l.bus_queue_bytes == 0 {
             let field = if l.max_pending_connections == 0 {
@@ -268,7 +348,7 @@ impl AppConfig {
             } else {
                 "limits.bus_queue_bytes"
             };
-            return Err(err(Some(field.into()), "must be at least 1".into()));
+            return Err(err(field.into(), "must be at least 1"));
         }
         Ok(AppConfig {
             app,
@@ -345,6 +425,84 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("cwd"), "{e}");
         let e = load(r#"{"command": ["node"],"#).unwrap_err();
         assert!(e.to_string().contains("EOF"), "{e}");
+    }
+
+    fn parse(json: &str) -> Result<AppConfig, ConfigError> {
+        AppConfig::parse(Path::new("/etc/sio/chat.json"), json)
+    }
+
+    #[test]
+    fn a_nul_in_an_env_value_names_env_key() {
+        let e = parse(r#"{"command": ["node"], "env": {"OK": "1", "KEY": "a\u0000b"}}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("env.KEY"), "{e}");
+        assert!(e.to_string().contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn a_nul_in_a_command_argument_or_cwd_names_it() {
+        let e = parse(r#"{"command": ["node", "worker.js", "--x=\u0000"]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("command[2]"), "{e}");
+        let e = parse(r#"{"command": ["no\u0000de"]}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("command[0]"), "{e}");
+        let e = parse(r#"{"command": ["node"], "cwd": "/srv/\u0000"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("cwd"), "{e}");
+    }
+
+    #[test]
+    fn parsing_touches_neither_the_filesystem_nor_nss() {
+        let json = r#"{"command": ["node"], "cwd": "app", "control_group": "sio-test-no-such-group"}"#;
+        let c = parse(json).unwrap();
+        assert_eq!(c.cwd, Path::new("/etc/sio/app"));
+        assert_eq!(c.control_group.as_deref(), Some("sio-test-no-such-group"));
+        assert_eq!(parse(r#"{"command": ["node"]}"#).unwrap().cwd, Path::new("/etc/sio"));
+        // Loading checks both.
+        let e = load(r#"{"command": ["node"], "control_group": "sio-test-no-such-group"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("control_group"), "{e}");
+    }
+
+    #[test]
+    fn a_config_is_an_object_not_an_array_of_its_fields() {
+        let e = parse(r#" [["node"]]"#).unwrap_err();
+        assert!(e.to_string().contains("must be a JSON object"), "{e}");
+    }
+
+    #[test]
+    fn text_after_the_object_is_an_error() {
+        let e = parse(r#"{"command": ["node"]} {"command": ["evil"]}"#).unwrap_err();
+        assert!(e.to_string().contains("trailing characters"), "{e}");
+        let e = listen_addresses(Path::new("/etc/sio/chat.json"), r#"{} x"#).unwrap_err();
+        assert!(e.to_string().contains("trailing characters"), "{e}");
+        assert!(parse("{\"command\": [\"node\"]}\n\n").is_ok());
+    }
+
+    #[test]
+    fn the_app_name_comes_from_the_file_name() {
+        let e = AppConfig::parse(Path::new("/etc/sio/bad name.json"), r#"{"command": ["node"]}"#).unwrap_err();
+        assert_eq!(e.field, None);
+        assert!(e.to_string().contains("app name"), "{e}");
+        assert_eq!(app_name(Path::new("/etc/sio/chat-2.json")).unwrap(), "chat-2");
+    }
+
+    #[test]
+    fn listen_addresses_ignore_every_other_field() {
+        let path = Path::new("/etc/sio/chat.json");
+        let listen = listen_addresses(path, r#"{"listen": "[::1]:4000", "future_field": {}, "instances": -3}"#);
+        assert_eq!(listen.unwrap(), vec!["[::1]:4000".parse().unwrap()]);
+        assert_eq!(listen_addresses(path, "{}").unwrap(), default_listen());
+        assert_eq!(listen_addresses(path, r#"{"cwd": "/nonexistent"}"#).unwrap(), default_listen());
+    }
+
+    #[test]
+    fn listen_errors_are_the_full_configs() {
+        let path = Path::new("/etc/sio/chat.json");
+        for listen in [r#""localhost""#, "[]", "3000", r#"["127.0.0.1:1", "x"]"#] {
+            let full = parse(&format!(r#"{{"command": ["node"], "listen": {listen}}}"#)).unwrap_err();
+            let only = listen_addresses(path, &format!(r#"{{"command": ["node"], "listen": {listen}}}"#)).unwrap_err();
+            assert_eq!(only.field.as_deref(), Some("listen"), "{only}");
+            assert_eq!(only.to_string(), full.to_string());
+        }
+        assert!(listen_addresses(path, r#"["127.0.0.1:1"]"#).is_err());
+        assert!(listen_addresses(path, r#"{"listen": "127.0.0.1:1""#).is_err());
     }
 
     #[test]

@@ -25,6 +25,14 @@ pub const FORMAT_VERSION: u32 = 15;
 /// reported as undecodable (and not relayed) rather than crash the agent.
 pub const MAX_DEPTH: u32 = 128;
 
+/// Most bytes a dense array reserves for the element count it claims before
+/// its elements are there. Each element takes at least one input byte but
+/// some 50 bytes as a [`Value`], and up to [`MAX_DEPTH`] arrays can be open at
+/// once: reserving for the claim (even capped by the input left) would let a
+/// small frame reserve gigabytes. Beyond this the vector grows with the
+/// elements actually decoded.
+const MAX_PREALLOC_BYTES: usize = 4096;
+
 /// Node's view type index for `Buffer` (`FastBuffer`).
 pub const NODE_BUFFER_VIEW: u32 = 10;
 
@@ -320,6 +328,14 @@ impl<'a> Decoder<'a> {
         Ok(f64::from_le_bytes(b.try_into().expect("8 bytes")))
     }
 
+    /// The capacity to reserve for `claimed` elements of `T`: no more than
+    /// the input left (one byte per element at least) or
+    /// [`MAX_PREALLOC_BYTES`] can hold.
+    fn capacity_for<T>(&self, claimed: usize) -> usize {
+        let left = self.input.len() - self.pos;
+        claimed.min(left.min(MAX_PREALLOC_BYTES) / std::mem::size_of::<T>())
+    }
+
     fn new_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
@@ -377,14 +393,18 @@ impl<'a> Decoder<'a> {
     }
 
     fn value_inner(&mut self) -> Result<Value, DecodeError> {
-        let at = self.pos;
-        let tag = self.tag()?;
-        Ok(match tag {
-            b'?' => {
+        let (at, tag) = loop {
+            let at = self.pos;
+            match self.tag()? {
                 // kVerifyObjectCount: a count to ignore, then the real value.
-                self.varint32()?;
-                return self.value_inner();
+                // A loop, not a recursion: any number of them costs no stack.
+                b'?' => {
+                    self.varint32()?;
+                }
+                tag => break (at, tag),
             }
+        };
+        Ok(match tag {
             b'_' => Value::Undefined,
             b'0' => Value::Null,
             b'T' => Value::Bool(true),
@@ -416,8 +436,7 @@ impl<'a> Decoder<'a> {
             b'A' => {
                 self.new_id();
                 let len = self.varint32()? as usize;
-                // Each element takes at least one byte: never trust `len` further.
-                let mut elements = Vec::with_capacity(len.min(self.input.len() - self.pos));
+                let mut elements = Vec::with_capacity(self.capacity_for::<Option<Value>>(len));
                 for _ in 0..len {
                     if self.peek_tag()? == b'-' {
                         self.pos += 1;
@@ -512,15 +531,28 @@ impl<'a> Decoder<'a> {
             }
             b'r' => {
                 self.new_id();
+                // V8 writes each part once, the message and stack as strings:
+                // holding to that keeps re-encoding exact, as only the cause
+                // can then number objects (a part read twice would drop the
+                // object ids of the first, and references past them would
+                // point elsewhere once re-encoded).
                 let mut err = JsError::default();
                 loop {
-                    match self.byte()? {
+                    let (part, value) = match self.byte()? {
                         b'.' => break,
-                        p @ (b'E' | b'R' | b'F' | b'S' | b'T' | b'U') => err.prototype = Some(p),
-                        b'm' => err.message = Some(self.value()?),
-                        b's' => err.stack = Some(self.value()?),
-                        b'c' => err.cause = Some(self.value()?),
+                        p @ (b'E' | b'R' | b'F' | b'S' | b'T' | b'U') => {
+                            if err.prototype.replace(p).is_some() {
+                                return Err(DecodeError::Malformed("error"));
+                            }
+                            continue;
+                        }
+                        b'm' => (&mut err.message, Value::String(self.any_string()?)),
+                        b's' => (&mut err.stack, Value::String(self.any_string()?)),
+                        b'c' => (&mut err.cause, self.value()?),
                         _ => return Err(DecodeError::Malformed("error")),
+                    };
+                    if part.replace(value).is_some() {
+                        return Err(DecodeError::Malformed("error"));
                     }
                 }
                 Value::Error(Box::new(err))
@@ -784,6 +816,80 @@ mod tests {
         let mut p = vec![0xFF, 0x0F];
         p.extend(std::iter::repeat_n([b'A', 1], 100_000).flatten());
         assert_eq!(decode(&p), Err(DecodeError::TooDeep));
+    }
+
+    #[test]
+    fn an_error_with_a_part_twice_or_a_message_that_is_no_string_is_malformed() {
+        // `r c o{0} m ^1 .`: the message refers to the cause's object; written
+        // back as message-then-cause, the reference would point forward.
+        let p = [0xFF, 0x0F, b'r', b'c', b'o', b'{', 0, b'm', b'^', 1, b'.'];
+        assert_eq!(decode(&p), Err(DecodeError::Malformed("string")));
+        let p = [0xFF, 0x0F, b'r', b'c', b'o', b'{', 0, b'c', b'_', b'.'];
+        assert_eq!(decode(&p), Err(DecodeError::Malformed("error")));
+        let p = [0xFF, 0x0F, b'r', b'm', b'"', 1, b'a', b'm', b'"', 1, b'b', b'.'];
+        assert_eq!(decode(&p), Err(DecodeError::Malformed("error")));
+        let p = [0xFF, 0x0F, b'r', b'T', b'm', b'"', 1, b'a', b'c', b'o', b'{', 0, b'.'];
+        let err = JsError {
+            prototype: Some(b'T'),
+            message: Some(Value::str("a")),
+            stack: None,
+            cause: Some(Value::Object(vec![])),
+        };
+        assert_eq!(decode(&p), Ok(Value::Error(Box::new(err))));
+    }
+
+    #[test]
+    fn any_number_of_verify_object_count_tags_costs_no_stack() {
+        let mut p = vec![0xFF, 0x0F];
+        p.extend(std::iter::repeat_n([b'?', 0], 100_000).flatten());
+        assert!(decode(&p).is_err());
+        p.push(b'T');
+        assert_eq!(decode(&p), Ok(Value::Bool(true)));
+    }
+
+    /// Counts the bytes this thread allocates, so that a test can bound what
+    /// a decode reserves (other tests run on other threads).
+    struct CountingAllocator;
+
+    thread_local! {
+        static ALLOCATED: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
+
+    // SAFETY: every call is forwarded to the system allocator unchanged.
+    unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+        unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + layout.size()));
+            unsafe { std::alloc::System.alloc(layout) }
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+            unsafe { std::alloc::System.dealloc(ptr, layout) }
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+            let _ = ALLOCATED.try_with(|a| a.set(a.get() + new_size.saturating_sub(layout.size())));
+            unsafe { std::alloc::System.realloc(ptr, layout, new_size) }
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: CountingAllocator = CountingAllocator;
+
+    fn allocated_by<T>(f: impl FnOnce() -> T) -> usize {
+        let before = ALLOCATED.with(|a| a.get());
+        drop(f());
+        ALLOCATED.with(|a| a.get()) - before
+    }
+
+    #[test]
+    fn claimed_array_lengths_reserve_little_up_front() {
+        // 127 nested arrays each claiming 2^32-1 elements, then 64 KiB of
+        // padding: each level may not reserve for what it merely claims.
+        let mut p = vec![0xFF, 0x0F];
+        p.extend(std::iter::repeat_n([b'A', 0xFF, 0xFF, 0xFF, 0xFF, 0x0F], 127).flatten());
+        p.resize(p.len() + (64 << 10), 0);
+        let bytes = allocated_by(|| assert_eq!(decode(&p), Err(DecodeError::Truncated)));
+        assert!(bytes < 1 << 20, "decoding {} bytes allocated {bytes}", p.len());
     }
 
     #[test]
