@@ -22,12 +22,14 @@
 //! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator.
 //! * [`control`]: `sioctl` requests and answers.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
+//! * [`heap`]: heap bytes in use, counted by the allocator.
 
 pub mod agent;
 pub mod balance;
 pub mod config;
 pub mod control;
 pub mod handoff;
+pub mod heap;
 pub mod http_head;
 pub mod listen;
 pub mod logging;

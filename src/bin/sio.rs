@@ -7,6 +7,10 @@ use sio::up::Mode;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+/// Counts heap bytes in use, for `sioctl status` (see `sio::heap`).
+#[global_allocator]
+static HEAP: sio::heap::Counting = sio::heap::Counting;
+
 #[derive(Parser)]
 #[command(name = "sio", version, about = "Scale Socket.IO servers across CPU cores, supervised by systemd")]
 struct Cli {
