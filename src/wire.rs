@@ -8,15 +8,28 @@
 //! `sendmsg` that carries its first byte; the receiver queues fds in
 //! arrival order and gives the oldest to each handoff frame it decodes.
 //!
-//! The first frame on a connection is [`ToMaster::Hello`]; the master
-//! answers [`ToAgent::Welcome`] or [`ToAgent::Refused`] (peer credentials,
-//! protocol version). A new version may add tags; a change to an existing
-//! frame's layout bumps [`PROTOCOL_VERSION`].
+//! The first frame on a connection is [`ToMaster::Hello`] with the highest
+//! version the peer speaks; the master answers [`ToAgent::Welcome`] with the
+//! version both then speak (the lower of the two), or [`ToAgent::Refused`]
+//! (peer credentials, a version older than [`MIN_PROTOCOL_VERSION`]).
+//!
+//! Evolution, so that agents that outlive a master upgrade keep working
+//! (the model of sozu's command protocol):
+//! * A tag, once given, keeps its layout and is never reused. Adding a
+//!   frame means a new tag; a receiver skips a tag it does not know
+//!   ([`WireError::UnknownTag`]: every frame carries its length), so old
+//!   and new peers can send each other what they like.
+//! * A change to an existing frame's layout bumps [`PROTOCOL_VERSION`], and
+//!   both ends keep speaking every version from [`MIN_PROTOCOL_VERSION`].
+//! * The golden-bytes tests below pin every frame of every version.
 
 use crate::nodeipc::AdapterHeader;
 use std::fmt;
 
+/// The newest bus protocol this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The oldest bus protocol this build still speaks.
+pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
 /// Largest frame accepted: Node adapter frames (a `fetchSockets()` answer
 /// over many sockets) can be large, but not unbounded.
@@ -190,7 +203,18 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// A whole frame (length prefix included) of a message.
+fn frame_of(encode: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+    let mut out = Vec::new();
+    encode(&mut out);
+    out
+}
+
 impl ToMaster {
+    pub fn to_frame(&self) -> Vec<u8> {
+        frame_of(|out| self.encode(out))
+    }
+
     pub fn encode(&self, out: &mut Vec<u8>) {
         match self {
             ToMaster::Hello { version, role } => {
@@ -263,9 +287,7 @@ impl ToAgent {
     }
 
     pub fn to_frame(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode(&mut out);
-        out
+        frame_of(|out| self.encode(out))
     }
 
     pub fn decode(body: &[u8]) -> Result<Self, WireError> {
@@ -279,14 +301,6 @@ impl ToAgent {
             t => return Err(WireError::UnknownTag(t)),
         };
         r.done(msg)
-    }
-}
-
-impl ToMaster {
-    pub fn to_frame(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        self.encode(&mut out);
-        out
     }
 }
 
@@ -341,6 +355,52 @@ mod tests {
         assert_eq!(ToMaster::decode(&long), Err(WireError::Truncated));
         assert_eq!(ToMaster::decode(&[]), Err(WireError::Truncated));
         assert_eq!(ToMaster::decode(&[200]), Err(WireError::UnknownTag(200)));
+    }
+
+    /// Version 1 on the wire, byte for byte: agents built from older code
+    /// send and expect exactly these, so they must never change.
+    #[test]
+    fn version_1_frames_are_pinned() {
+        let adapter = AdapterHeader { kind: 8, uid: "a".into(), nsp: "/".into(), requester_uid: Some("b".into()) };
+        let up: &[(ToMaster, &[u8])] = &[
+            (
+                ToMaster::Hello { version: 1, role: Role::Agent { app: "chat".into(), slot: 7, pid: 42 } },
+                b"\x12\0\0\0\x01\x01\0\x01\x04\0\0\0chat\x07\0\x2a\0\0\0",
+            ),
+            (ToMaster::Hello { version: 1, role: Role::Control }, b"\x04\0\0\0\x01\x01\0\x02"),
+            (ToMaster::Ready, b"\x01\0\0\0\x02"),
+            (ToMaster::SessionOpened("s1".into()), b"\x07\0\0\0\x03\x02\0\0\0s1"),
+            (ToMaster::SessionClosed("s1".into()), b"\x07\0\0\0\x04\x02\0\0\0s1"),
+            (ToMaster::HandoffDone(258), b"\x09\0\0\0\x05\x02\x01\0\0\0\0\0\0"),
+            (ToMaster::HandoffFailed(1), b"\x09\0\0\0\x06\x01\0\0\0\0\0\0\0"),
+            (
+                ToMaster::Adapter { header: adapter, frame: vec![9, 9] },
+                b"\x17\0\0\0\x07\x08\0\0\0\x01\0\0\0a\x01\0\0\0/\x01\x01\0\0\0b\x09\x09",
+            ),
+            (ToMaster::AdapterSeen { uid: "a".into(), nsp: "/".into() }, b"\x0b\0\0\0\x08\x01\0\0\0a\x01\0\0\0/"),
+            (ToMaster::Control(b"{}".to_vec()), b"\x03\0\0\0\x09{}"),
+        ];
+        for (msg, bytes) in up {
+            assert_eq!(&msg.to_frame(), bytes, "{msg:?}");
+            assert_eq!(&ToMaster::decode(&bytes[4..]).unwrap(), msg);
+        }
+        let down: &[(ToAgent, &[u8])] = &[
+            (ToAgent::Welcome { version: 1 }, b"\x03\0\0\0\x01\x01\0"),
+            (ToAgent::Refused("no".into()), b"\x07\0\0\0\x02\x02\0\0\0no"),
+            (ToAgent::Handoff(3), b"\x09\0\0\0\x03\x03\0\0\0\0\0\0\0"),
+            (ToAgent::Adapter(vec![1, 2]), b"\x03\0\0\0\x04\x01\x02"),
+            (ToAgent::ControlReply(b"[]".to_vec()), b"\x03\0\0\0\x05[]"),
+        ];
+        for (msg, bytes) in down {
+            assert_eq!(&msg.to_frame(), bytes, "{msg:?}");
+            assert_eq!(&ToAgent::decode(&bytes[4..]).unwrap(), msg);
+        }
+    }
+
+    #[test]
+    fn an_unknown_tag_is_its_own_error_so_receivers_can_skip_it() {
+        assert_eq!(ToMaster::decode(&[99, 1, 2, 3]), Err(WireError::UnknownTag(99)));
+        assert_eq!(ToAgent::decode(&[99]), Err(WireError::UnknownTag(99)));
     }
 
     proptest! {
