@@ -25,6 +25,32 @@ impl Request {
     }
 }
 
+/// A worker's state, as the master's router keeps it and `sioctl` shows it
+/// (an enum end to end: counting ready workers never compares strings).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WorkerState {
+    /// Expected: started, or restarting, with no agent connected yet.
+    Starting,
+    /// Agent connected; its Node worker is not ready for new sessions yet.
+    Connected,
+    Ready,
+    /// Keeps its sessions, takes no new ones; removed when its agent leaves.
+    Draining,
+}
+
+impl std::fmt::Display for WorkerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // `pad`, so that `sioctl status` can align it in columns.
+        f.pad(match self {
+            WorkerState::Starting => "starting",
+            WorkerState::Connected => "connected",
+            WorkerState::Ready => "ready",
+            WorkerState::Draining => "draining",
+        })
+    }
+}
+
 /// A worker's resource use, from systemd's cgroup accounting.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Usage {
@@ -37,7 +63,7 @@ pub struct Usage {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct WorkerStatus {
     pub slot: u16,
-    pub state: String,
+    pub state: WorkerState,
     pub sessions: u32,
     pub pid: Option<u32>,
     /// Bytes queued to this worker's agent.
@@ -48,9 +74,7 @@ pub struct WorkerStatus {
 
 impl WorkerStatus {
     pub fn new(view: &WorkerView, pid: Option<u32>, queued_bytes: usize) -> Self {
-        let state =
-            serde_json::to_value(view.state).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        WorkerStatus { slot: view.slot, state, sessions: view.sessions, pid, queued_bytes, usage: None }
+        WorkerStatus { slot: view.slot, state: view.state, sessions: view.sessions, pid, queued_bytes, usage: None }
     }
 }
 
@@ -67,6 +91,10 @@ pub struct Counters {
     pub answered_503: u64,
     /// Clients that closed before their head was complete.
     pub closed_early: u64,
+    /// Connections closed without an answer after `timeouts.head_ms`
+    /// because they never sent a byte.
+    #[serde(default)]
+    pub closed_idle: u64,
     pub relayed_frames: u64,
     /// Adapter frames dropped because a worker's queue was full.
     pub dropped_frames: u64,
@@ -87,17 +115,20 @@ pub struct Status {
     pub waiting: usize,
     /// Connections handed to an agent and not yet confirmed by Node.
     pub in_flight: usize,
+    /// Heap bytes the master has in use (counted by its allocator).
+    #[serde(default)]
+    pub heap_bytes: Option<u64>,
     pub counters: Counters,
 }
 
 impl Status {
     pub fn ready_workers(&self) -> usize {
-        self.workers.iter().filter(|w| w.state == "ready").count()
+        self.workers.iter().filter(|w| w.state == WorkerState::Ready).count()
     }
 
     /// The one line systemd shows (`STATUS=`) and `sioctl status` starts with.
     pub fn summary(&self) -> String {
-        let draining = self.workers.iter().filter(|w| w.state == "draining").count();
+        let draining = self.workers.iter().filter(|w| w.state == WorkerState::Draining).count();
         format!("{} workers ready, {} sessions, {} draining", self.ready_workers(), self.sessions, draining)
     }
 }

@@ -42,7 +42,7 @@ pub struct Link {
     queue: RefCell<VecDeque<Outgoing>>,
     queued_bytes: Cell<usize>,
     wake_writer: Notify,
-    /// Woken when queued bytes were written (see [`Link::room_for`]).
+    /// Woken when queued bytes were written (see [`Link::drained`]).
     drained: Notify,
     closed: Cell<bool>,
 }
@@ -79,16 +79,42 @@ fn recv_some(sock: RawFd, buf: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Re
     Ok(msg.bytes)
 }
 
+/// The owner of a [`Link`]: whoever reads from it. Dropping the owner
+/// closes the link, so every way out of a reading task (an early return,
+/// an error) also ends the link's writer task and lets the socket go; a
+/// link cannot exist without one. Others hold `Rc<Link>` clones to send.
+pub struct OwnedLink(Rc<Link>);
+
+impl std::ops::Deref for OwnedLink {
+    type Target = Rc<Link>;
+    fn deref(&self) -> &Rc<Link> {
+        &self.0
+    }
+}
+
+impl Drop for OwnedLink {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
 impl Link {
-    pub fn new(stream: UnixStream) -> Rc<Link> {
-        Rc::new(Link {
+    /// A link over `stream`, with its writer task running on the current
+    /// `LocalSet` until the link closes (or fails).
+    pub fn spawn(stream: UnixStream) -> OwnedLink {
+        let link = Rc::new(Link {
             stream,
             queue: RefCell::default(),
             queued_bytes: Cell::new(0),
             wake_writer: Notify::new(),
             drained: Notify::new(),
             closed: Cell::new(false),
-        })
+        });
+        tokio::task::spawn_local({
+            let link = link.clone();
+            async move { link.write_loop().await }
+        });
+        OwnedLink(link)
     }
 
     /// Bytes waiting to be written.
@@ -96,10 +122,15 @@ impl Link {
         self.queued_bytes.get()
     }
 
-    /// Marks the link dead: queued items are dropped (fds closed) and
-    /// further sends are ignored. Reading tasks see EOF or an error anyway.
+    /// Marks the link dead: queued items are dropped (fds closed), further
+    /// sends are ignored, and the socket is shut down both ways, so that the
+    /// peer and this side's reading task see EOF at once (the fd itself
+    /// closes when the last `Rc` goes).
     pub fn close(&self) {
-        self.closed.set(true);
+        if self.closed.replace(true) {
+            return;
+        }
+        let _ = nix::sys::socket::shutdown(self.stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
         self.wake_writer.notify_one();
@@ -122,15 +153,20 @@ impl Link {
             match self.flush_now() {
                 Ok(true) => {}
                 Ok(false) => self.wake_writer.notify_one(),
+                // A write error (ENOBUFS, ETOOMANYREFS, ...) ends the link:
+                // carrying on would silently black-hole what follows.
                 Err(_) => self.close(),
             }
         }
     }
 
-    /// Waits until at most `limit` bytes are queued (or the link closed):
-    /// backpressure for whoever feeds this link from another one.
-    pub async fn room_for(&self, limit: usize) {
-        while self.queued_bytes.get() > limit && !self.closed.get() {
+    pub fn is_closed(&self) -> bool {
+        self.closed.get()
+    }
+
+    /// Returns once some queued bytes were written (or the link closed).
+    pub async fn drained(&self) {
+        if !self.closed.get() {
             self.drained.notified().await;
         }
     }
@@ -162,18 +198,23 @@ impl Link {
         }
     }
 
-    /// The writer: runs until the link fails or is closed.
-    pub async fn write_loop(&self) -> io::Result<()> {
-        loop {
-            if self.closed.get() {
-                return Ok(());
-            }
-            if self.flush_now()? {
-                self.wake_writer.notified().await;
+    /// The writer: runs until the link is closed. A write error closes it
+    /// (see [`Link::close`]), so the reading side tears the peer down.
+    async fn write_loop(&self) {
+        while !self.closed.get() {
+            let wait_writable = match self.flush_now() {
+                Ok(all_written) => !all_written,
+                Err(_) => break,
+            };
+            if wait_writable {
+                if self.stream.writable().await.is_err() {
+                    break;
+                }
             } else {
-                self.stream.writable().await?;
+                self.wake_writer.notified().await;
             }
         }
+        self.close();
     }
 
     /// Reads what is available into `into` and received fds into `fds`,
@@ -223,14 +264,24 @@ pub struct FrameReader {
     /// Fds received so far, oldest first; whoever decodes a frame that
     /// carries one takes it from the front.
     pub fds: VecDeque<OwnedFd>,
+    /// Whether this peer may send fds at all; if not, any that arrive are
+    /// closed as soon as they are read (a hostile peer cannot fill the fd
+    /// table with them).
+    keep_fds: bool,
     max: usize,
 }
 
 impl FrameReader {
     /// `max`: the largest frame body accepted; a larger one is an error
-    /// (the peer is dropped), before any of it is buffered.
+    /// (the peer is dropped), before any of it is buffered. Frames may
+    /// carry fds (see [`FrameReader::fds`]).
     pub fn new(prefix: Prefix, max: usize) -> Self {
-        FrameReader { prefix, buf: vec![0; READ_CHUNK], start: 0, end: 0, fds: VecDeque::new(), max }
+        FrameReader { prefix, buf: vec![0; READ_CHUNK], start: 0, end: 0, fds: VecDeque::new(), keep_fds: true, max }
+    }
+
+    /// Like [`FrameReader::new`], for a peer that never sends fds.
+    pub fn without_fds(prefix: Prefix, max: usize) -> Self {
+        FrameReader { keep_fds: false, ..FrameReader::new(prefix, max) }
     }
 
     pub fn set_max(&mut self, max: usize) {
@@ -260,6 +311,9 @@ impl FrameReader {
             }
             self.make_room(needed);
             let n = link.read(&mut self.buf[self.end..], &mut self.fds).await?;
+            if !self.keep_fds {
+                self.fds.clear();
+            }
             if n == 0 {
                 return if self.start == self.end { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
             }
@@ -267,13 +321,15 @@ impl FrameReader {
         }
     }
 
-    /// Moves the unread bytes to the front, and sizes the buffer for a
-    /// frame of `needed` bytes plus a read's worth.
+    /// Moves the unread bytes to the front, and sizes the buffer for the
+    /// next read: a read's worth, or for a larger frame of `needed` bytes
+    /// twice what has arrived of it. Memory follows the bytes a peer
+    /// actually sent, never the length it announced.
     fn make_room(&mut self, needed: usize) {
         self.buf.copy_within(self.start..self.end, 0);
         self.end -= self.start;
         self.start = 0;
-        let want = needed.max(self.end + READ_CHUNK);
+        let want = needed.min(2 * self.end).max(self.end + READ_CHUNK);
         if self.buf.len() < want {
             self.buf.resize(want, 0);
         } else if self.buf.len() > 4 * READ_CHUNK && want <= READ_CHUNK {

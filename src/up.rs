@@ -22,7 +22,14 @@ pub enum Mode {
 /// Runs a future on the single-threaded runtime every sio process uses.
 pub fn block_on<F: Future>(f: F) -> F::Output {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("tokio runtime");
-    tokio::task::LocalSet::new().block_on(&rt, f)
+    let local = tokio::task::LocalSet::new();
+    let output = local.block_on(&rt, f);
+    // Tasks still in the set (aborted background tasks) are dropped with
+    // it, and what they own may need the runtime as it goes (a zbus
+    // connection does): drop them inside it, not after it.
+    let _inside = rt.enter();
+    drop(local);
+    output
 }
 
 /// Runs the given apps until a termination signal.

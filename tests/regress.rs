@@ -69,3 +69,13 @@ fn socket_io_sticky_2_with_the_apps_own_generate_id() {
     let r = node("race.js", &[&app.port.to_string(), "300"]);
     assert_eq!(r["counts"], json!({"ok": 300}), "{r}");
 }
+
+#[test]
+fn engine_io_client_percent_encodes_an_apps_standard_base64_sids() {
+    // engine.io-client writes the query with encodeURIComponent and engine.io
+    // reads it decoded (URLSearchParams): the master must look up `a+b/...`,
+    // not `a%2Bb%2F...`, or the session's requests reach a random worker.
+    let app = App::start_with(2, json!({"env": {"CUSTOM_IDS": "base64"}}));
+    let r = node("race.js", &[&app.port.to_string(), "60"]);
+    assert_eq!(r["counts"], json!({"ok": 60}), "{r}");
+}

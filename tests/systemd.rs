@@ -213,3 +213,106 @@ fn a_hung_master_is_killed_by_the_watchdog_and_the_next_one_adopts_the_workers()
     let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
     assert_eq!(disconnects, 0, "{r}");
 }
+
+#[test]
+fn twenty_master_restarts_in_a_row_misroute_nothing_and_log_no_panic() {
+    let (sb, app, port) = booted(2);
+    // systemd's default start limit (5 in 10 s) would stop the 6th restart.
+    sb.drop_in(&format!("sio@{app}.service"), "[Unit]\nStartLimitIntervalSec=0\n");
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    // Polling sessions: every poll is routed by its sid, so a request that a
+    // new master sends to the wrong worker ends its session ("Session ID
+    // unknown"), which the client sees as a disconnect.
+    let mut holder = Holder::start(port, 30, "polling");
+    holder.probe();
+    for i in 0..20 {
+        sb.systemctl(&["restart", &format!("sio@{app}.service")]);
+        std::thread::sleep(Duration::from_millis(100 + 37 * (i % 5)));
+    }
+    sb.wait_status(&app, "ready after the restarts", Duration::from_secs(20), ready(2));
+    let r = holder.report();
+    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    assert_eq!(disconnects, 0, "no session misrouted or dropped: {r}");
+    assert_eq!(r["probes"]["failed"], 0, "every new connection during the restarts succeeded: {r}");
+    assert!(r["probes"]["ok"].as_u64().unwrap() >= 20, "{r}");
+    let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
+    assert!(!log.contains("panicked"), "a replaced master exits cleanly:\n{log}");
+    assert_eq!(log.matches("adopting running workers").count(), 20, "{log}");
+}
+
+#[test]
+fn agents_of_the_previous_protocol_release_work_with_this_master() {
+    // Agents outlive a master upgrade: the README's promise that a master
+    // restart drops nothing holds only if a new master speaks to them.
+    let previous = previous_agent();
+    let (sb, app, port) = booted(2);
+    sb.drop_in("sio-worker@.service", &format!("[Service]\nExecStart=\nExecStart={} worker %i\n", previous.display()));
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let r = node("cluster.js", &[&port.to_string()]);
+    for (w, reached) in r["emitReachesAll"].as_object().unwrap() {
+        assert_eq!(reached, &r["clients"], "io.emit from {w} through the current master: {r}");
+    }
+    let holder = Holder::start(port, 20, "polling,websocket");
+    sb.systemctl(&["restart", &format!("sio@{app}.service")]);
+    let after = sb.wait_status(&app, "adopted after a restart", Duration::from_secs(20), |s| {
+        s["pid"] != before["pid"] && ready(2)(s)
+    });
+    let pids =
+        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
+    assert_eq!(pids(&before), pids(&after), "the previous release's agents were adopted");
+    let r = holder.report();
+    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    assert_eq!(disconnects, 0, "{r}");
+}
+
+#[test]
+fn chaos_a_worker_killed_every_few_seconds_costs_nothing_on_the_others() {
+    use std::io::{BufRead, BufReader, Write};
+    let (sb, app, port) = running(3);
+    let mut chat = std::process::Command::new("node")
+        .arg(node_dir().join("chaos.js"))
+        .args([&port.to_string(), "300", "30"])
+        .current_dir(node_dir())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(chat.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    assert!(first.starts_with("READY "), "{first}");
+    // For a minute, SIGKILL the Node process of a worker every 3 s, chosen
+    // by a fixed pseudo-random sequence (reproducible from run to run).
+    let mut seed: u32 = 0x5105;
+    let t0 = std::time::Instant::now();
+    let mut kills = 0;
+    while t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_secs(3));
+        seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+        let slot = 1 + (seed >> 16) % 3;
+        let status = sb.status(&app).unwrap();
+        let Some(agent) =
+            status["workers"].as_array().unwrap().iter().find(|w| w["slot"] == slot && w["state"] == "ready")
+        else {
+            continue; // still coming back from the last kill
+        };
+        let agent = agent["pid"].as_u64().unwrap().to_string();
+        if sb.exec(&["pkill", "-KILL", "-P", &agent]).status.success() {
+            kills += 1;
+            writeln!(chat.stdin.as_mut().unwrap(), "kill w{slot}").unwrap();
+        }
+    }
+    writeln!(chat.stdin.as_mut().unwrap(), "report").unwrap();
+    let r = lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("chaos.js reports");
+    let _ = chat.wait();
+    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    println!("chaos: {r}");
+    assert!(kills >= 10, "{kills} kills");
+    assert_eq!(r["unexcusedCount"], 0, "clients of surviving workers stay connected: {r}");
+    assert_eq!(r["lostCount"], 0, "broadcasts between surviving workers all arrive: {r}");
+    assert!(r["expected"].as_u64().unwrap() > 10_000, "{r}");
+    assert_eq!(r["probes"]["failed"], 0, "every new client was served: {r}");
+    assert_eq!(r["connectedAtEnd"], 300, "{r}");
+    sb.wait_status(&app, "all workers back", Duration::from_secs(20), ready(3));
+}

@@ -19,13 +19,10 @@ fn every_value_kind_round_trips_through_node() {
         cmd.arg(common::node_dir().join("v8_peer.js"))
             .env("NODE_CHANNEL_FD", fd.to_string())
             .env("NODE_CHANNEL_SERIALIZATION_MODE", "advanced");
+        // SAFETY: fcntl is async-signal-safe.
         unsafe { cmd.pre_exec(move || ChildEnd::inherit_in_child(fd)) };
         let mut child = cmd.spawn().unwrap();
         drop(child_end);
-        tokio::task::spawn_local({
-            let link = channel.link().clone();
-            async move { link.write_loop().await }
-        });
         let mut reader = FrameReader::new(Prefix::Node, 1 << 30);
         let mut seen = 0;
         let report = loop {

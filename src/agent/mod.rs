@@ -17,11 +17,11 @@
 mod preload;
 
 use crate::config::AppConfig;
-use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
+use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, OwnedLink, Prefix};
 use crate::master::connect_bus;
 use crate::nodeipc::{self, channel::ChildEnd, channel::NodeChannel, FromChild};
 use crate::shutdown::termination_signal;
-use crate::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
+use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use std::cell::RefCell;
@@ -114,12 +114,6 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         outbox_filled: tokio::sync::Notify::new(),
     });
     tokio::task::spawn_local(agent.clone().send_outbox());
-    tokio::task::spawn_local({
-        let link = agent.node.link().clone();
-        async move {
-            let _ = link.write_loop().await;
-        }
-    });
     let channel = tokio::task::spawn_local(agent.clone().read_node());
     let master = tokio::task::spawn_local(agent.clone().serve_master());
     let exit = tokio::select! {
@@ -135,6 +129,20 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
             _ => Exit::Failed("the worker closed its IPC channel".into()),
         },
         refused = master => Exit::Failed(refused.unwrap_or_else(|e| e.to_string())),
+        // Node acknowledges a connection within milliseconds unless its
+        // event loop is stuck (a busy loop, a long synchronous job). A hung
+        // worker would hold every connection sent to it, and look the least
+        // loaded since it announces nothing: kill it (it cannot run a
+        // SIGTERM handler anyway); its connections go back to the master
+        // with their heads unread, and its supervisor restarts it.
+        _ = agent.node.unanswered_for(agent.cfg.timeouts.handoff_ms) => {
+            error!(app = %agent.cfg.app, worker = slot, pid, "the worker took no connection for {:?}: its event loop is stuck; killed", agent.cfg.timeouts.handoff_ms);
+            let _ = child.kill().await;
+            match child.wait().await {
+                Ok(s) => Exit::Worker(s),
+                Err(e) => Exit::Failed(format!("lost the worker: {e}")),
+            }
+        }
         _ = termination_signal() => {
             crate::systemd::notify::stopping();
             agent.stop_worker(&mut child, pid).await;
@@ -255,10 +263,9 @@ impl Agent {
 
     /// Reads the Node worker's frames until its channel closes.
     async fn read_node(self: Rc<Self>) {
-        let mut reader = FrameReader::new(Prefix::Node, wire::MAX_FRAME - 64);
+        // The child has no reason to pass handles: any it sends are closed.
+        let mut reader = FrameReader::without_fds(Prefix::Node, wire::MAX_FRAME - 64);
         loop {
-            // The child never passes handles in this protocol: close any.
-            reader.fds.clear();
             let payload = match reader.next(self.node.link()).await {
                 Ok(Some(p)) => p,
                 Ok(None) => return debug!(app = %self.cfg.app, worker = self.slot, "worker closed its channel"),
@@ -289,6 +296,12 @@ impl Agent {
                     warn!(app = %self.cfg.app, worker = self.slot, "worker did not receive a connection after retries; handed back");
                     self.to_master(ToMaster::HandoffFailed(id));
                 }
+            }
+            FromChild::Handle => {
+                // Node queues everything after a handle until it is
+                // answered: without this ACK the worker would fall silent.
+                warn!(app = %self.cfg.app, worker = self.slot, "the worker sent a handle to its parent: closed");
+                self.node.send_frame(nodeipc::handle_ack_frame().into());
             }
             FromChild::ClusterNotice => {}
             FromChild::QueryServer { seq, address, port, address_type } => {
@@ -342,7 +355,7 @@ impl Agent {
                 Ok(stream) => {
                     delay = RECONNECT_FIRST;
                     announced_wait = false;
-                    if let Err(refusal) = self.session(Link::new(stream)).await {
+                    if let Err(refusal) = self.session(Link::spawn(stream)).await {
                         return refusal;
                     }
                     info!(app = %self.cfg.app, worker = self.slot, "master gone; the worker keeps running, reconnecting");
@@ -359,13 +372,7 @@ impl Agent {
     }
 
     /// One connection to a master. `Err` if it refused us.
-    async fn session(&self, link: Rc<Link>) -> Result<(), String> {
-        tokio::task::spawn_local({
-            let link = link.clone();
-            async move {
-                let _ = link.write_loop().await;
-            }
-        });
+    async fn session(&self, link: OwnedLink) -> Result<(), String> {
         let hello = ToMaster::Hello {
             version: PROTOCOL_VERSION,
             role: Role::Agent { app: self.cfg.app.clone(), slot: self.slot, pid: std::process::id() },
@@ -373,19 +380,23 @@ impl Agent {
         link.send(hello.to_frame().into(), None);
         let mut reader = FrameReader::new(Prefix::Bus, wire::MAX_FRAME);
         match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
-            Ok(Some(Ok(ToAgent::Welcome { .. }))) => {}
-            Ok(Some(Ok(ToAgent::Refused(reason)))) => return Err(format!("the master refused this agent: {reason}")),
-            _ => {
-                link.close();
-                return Ok(());
+            // The master answers with the version both speak: ours or older.
+            Ok(Some(Ok(ToAgent::Welcome { version })))
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {}
+            Ok(Some(Ok(ToAgent::Welcome { version }))) => {
+                return Err(format!(
+                    "the master speaks bus protocol {version}, this agent {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
+                ))
             }
+            Ok(Some(Ok(ToAgent::Refused(reason)))) => return Err(format!("the master refused this agent: {reason}")),
+            _ => return Ok(()),
         }
         self.attach(&link);
         let result = loop {
             // A worker slow to read its channel: stop reading the bus, so
             // that the master's bounded queue for this worker takes the
             // excess (and drops it, counted), not this agent's memory.
-            self.node.link().room_for(self.cfg.limits.bus_queue_bytes).await;
+            self.node.room_for(self.cfg.limits.bus_queue_bytes).await;
             let body = match reader.next(&link).await {
                 Ok(Some(b)) => b,
                 Ok(None) => break Ok(()),
@@ -405,6 +416,10 @@ impl Agent {
                     }
                 },
                 Ok(ToAgent::Adapter(frame)) => self.node.send_frame(Bytes::from(frame)),
+                // A newer master's frame this agent does not know: skipped.
+                Err(WireError::UnknownTag(tag)) => {
+                    debug!(app = %self.cfg.app, worker = self.slot, tag, "frame of a newer protocol skipped")
+                }
                 Ok(other) => {
                     debug!(app = %self.cfg.app, worker = self.slot, ?other, "unexpected frame from the master")
                 }
@@ -417,7 +432,6 @@ impl Agent {
         self.held.borrow_mut().master = None;
         // What was not sent is replayed from state to the next master.
         self.outbox.borrow_mut().clear();
-        link.close();
         result
     }
 

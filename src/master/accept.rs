@@ -7,7 +7,7 @@
 //! while it waits it is out of the poll set except for new data
 //! (edge-triggered), so a slow client costs no CPU.
 
-use super::Master;
+use super::{Master, Request};
 use crate::http_head::{self, Head, HeadError};
 use crate::shutdown::Shutdown;
 use nix::errno::Errno;
@@ -35,24 +35,43 @@ fn watch<T: AsRawFd>(owned: T, interest: Interest) -> std::io::Result<AsyncFd<T>
 
 pub(super) enum Peeked {
     Head(Head),
-    Incomplete,
+    /// Not complete yet: this many bytes have arrived so far.
+    Incomplete(usize),
     Closed,
     Bad(HeadError),
-    TimedOut,
+}
+
+/// How waiting for the rest of a head ended.
+enum HeadWait {
+    Done(Peeked),
+    /// The deadline passed with this many bytes of a head.
+    TimedOut(usize),
 }
 
 impl Master {
-    /// Peeks at the head without consuming anything.
-    pub(super) fn peek(&self, conn: &OwnedFd) -> Peeked {
+    /// Peeks at the head without consuming anything. `scanned`: how many
+    /// bytes an earlier peek of this connection found incomplete; the new
+    /// ones are scanned for the head's end before anything is parsed, so a
+    /// client sending its head byte by byte costs each byte once, not the
+    /// whole head again. The first bytes of a connection are always parsed
+    /// (`None`, or `Some(0)`), which refuses garbage at once.
+    pub(super) fn peek(&self, conn: &OwnedFd, scanned: Option<usize>) -> Peeked {
         let mut scratch = self.scratch.borrow_mut();
+        let max = self.cfg.limits.max_head_bytes;
         match recv(conn.as_raw_fd(), &mut scratch, MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT) {
             Ok(0) => Peeked::Closed,
-            Ok(n) => match http_head::parse(&scratch[..n], self.cfg.limits.max_head_bytes) {
+            Ok(n)
+                if n < max
+                    && scanned.is_some_and(|from| from > 0 && http_head::head_end(&scratch[..n], from).is_none()) =>
+            {
+                Peeked::Incomplete(n)
+            }
+            Ok(n) => match http_head::parse(&scratch[..n], max) {
                 Ok(Some(head)) => Peeked::Head(head),
-                Ok(None) => Peeked::Incomplete,
+                Ok(None) => Peeked::Incomplete(n),
                 Err(e) => Peeked::Bad(e),
             },
-            Err(Errno::EAGAIN | Errno::EINTR) => Peeked::Incomplete,
+            Err(Errno::EAGAIN | Errno::EINTR) => Peeked::Incomplete(0),
             Err(_) => Peeked::Closed,
         }
     }
@@ -112,53 +131,66 @@ impl Master {
         }
     }
 
-    /// Connections the master holds that are not handed off yet.
+    /// Connections the master holds: not handed off yet, or handed off and
+    /// not confirmed (a hung worker's connections count too).
     fn pending(&self) -> usize {
         let st = self.st.borrow();
-        st.reading_heads + st.waiting.len() + st.lingering
+        st.reading_heads + st.waiting_count() + st.lingering + st.in_flight
     }
 
     fn accepted(self: &Rc<Self>, conn: OwnedFd) {
         self.st.borrow_mut().counters.accepted += 1;
-        match self.peek(&conn) {
-            Peeked::Head(head) => self.dispatch(conn, head, 0, Instant::now()),
-            Peeked::Incomplete => {
+        match self.peek(&conn, None) {
+            Peeked::Head(head) => self.dispatch(Request::new(conn, head)),
+            Peeked::Incomplete(arrived) => {
                 self.st.borrow_mut().reading_heads += 1;
-                tokio::task::spawn_local(self.clone().read_head(conn));
+                tokio::task::spawn_local(self.clone().read_head(conn, arrived));
             }
             Peeked::Closed => self.st.borrow_mut().counters.closed_early += 1,
             Peeked::Bad(e) => self.count_and_answer(conn, e.response()),
-            Peeked::TimedOut => unreachable!("peeking alone never times out"),
         }
     }
 
-    /// Waits for the rest of a head, up to the head timeout.
-    async fn read_head(self: Rc<Self>, conn: OwnedFd) {
+    /// Waits for the rest of a head (`arrived` bytes of it are there), up
+    /// to the head timeout.
+    async fn read_head(self: Rc<Self>, conn: OwnedFd, mut arrived: usize) {
         let deadline = Instant::now() + self.cfg.timeouts.head_ms;
         let outcome = match watch(conn, Interest::READABLE) {
             Ok(conn) => {
-                let peeked = loop {
+                let waited = loop {
                     let mut guard = tokio::select! {
-                        g = conn.readable() => match g { Ok(g) => g, Err(_) => break Peeked::Closed },
-                        _ = tokio::time::sleep_until(deadline.into()) => break Peeked::TimedOut,
+                        g = conn.readable() => match g { Ok(g) => g, Err(_) => break HeadWait::Done(Peeked::Closed) },
+                        _ = tokio::time::sleep_until(deadline.into()) => break HeadWait::TimedOut(arrived),
                     };
-                    match self.peek(conn.get_ref()) {
-                        Peeked::Incomplete if guard.ready().is_read_closed() => break Peeked::Closed,
-                        Peeked::Incomplete => guard.clear_ready(),
-                        done => break done,
+                    match self.peek(conn.get_ref(), Some(arrived)) {
+                        Peeked::Incomplete(_) if guard.ready().is_read_closed() => {
+                            break HeadWait::Done(Peeked::Closed)
+                        }
+                        Peeked::Incomplete(n) => {
+                            arrived = n;
+                            guard.clear_ready()
+                        }
+                        done => break HeadWait::Done(done),
                     }
                 };
-                Some((conn.into_inner(), peeked))
+                Some((conn.into_inner(), waited))
             }
             Err(_) => None,
         };
         self.st.borrow_mut().reading_heads -= 1;
         self.room.notify_one();
         match outcome {
-            Some((conn, Peeked::Head(head))) => self.dispatch(conn, head, 0, Instant::now()),
-            Some((conn, Peeked::TimedOut)) => self.count_and_answer(conn, http_head::response::HEAD_TIMEOUT),
-            Some((conn, Peeked::Bad(e))) => self.count_and_answer(conn, e.response()),
-            Some((_, Peeked::Closed | Peeked::Incomplete)) | None => self.st.borrow_mut().counters.closed_early += 1,
+            Some((conn, HeadWait::Done(Peeked::Head(head)))) => self.dispatch(Request::new(conn, head)),
+            // A connection that never sent a byte (a browser's pre-connect,
+            // a port probe) is closed without an answer, as HAProxy's
+            // `http-ignore-probes` does: a 408 there could be taken for the
+            // answer to a request sent later on the same socket.
+            Some((_, HeadWait::TimedOut(0))) => self.st.borrow_mut().counters.closed_idle += 1,
+            Some((conn, HeadWait::TimedOut(_))) => self.count_and_answer(conn, http_head::response::HEAD_TIMEOUT),
+            Some((conn, HeadWait::Done(Peeked::Bad(e)))) => self.count_and_answer(conn, e.response()),
+            Some((_, HeadWait::Done(Peeked::Closed | Peeked::Incomplete(_)))) | None => {
+                self.st.borrow_mut().counters.closed_early += 1
+            }
         }
     }
 
@@ -185,25 +217,23 @@ impl Master {
         self.st.borrow_mut().lingering += 1;
         let master = self.clone();
         tokio::task::spawn_local(async move {
-            let Ok(conn) = watch(conn, Interest::READABLE) else {
-                return;
-            };
-            let mut sink = [0u8; 4096];
-            let _ = tokio::time::timeout(LINGER, async {
-                loop {
-                    let Ok(mut g) = conn.readable().await else {
-                        return;
-                    };
-                    match recv(conn.get_ref().as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
-                        Ok(0) => return,
-                        Ok(_) => {}
-                        Err(Errno::EAGAIN) => g.clear_ready(),
-                        Err(_) => return,
+            if let Ok(conn) = watch(conn, Interest::READABLE) {
+                let mut sink = [0u8; 4096];
+                let _ = tokio::time::timeout(LINGER, async {
+                    loop {
+                        let Ok(mut g) = conn.readable().await else {
+                            return;
+                        };
+                        match recv(conn.get_ref().as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
+                            Ok(0) => return,
+                            Ok(_) => {}
+                            Err(Errno::EAGAIN) => g.clear_ready(),
+                            Err(_) => return,
+                        }
                     }
-                }
-            })
-            .await;
-            drop(conn);
+                })
+                .await;
+            }
             master.st.borrow_mut().lingering -= 1;
             master.room.notify_one();
         });

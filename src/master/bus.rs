@@ -4,15 +4,21 @@
 //!
 //! Abstract sockets have no file permissions, and any process in the
 //! network namespace can connect, so every peer is checked with
-//! `SO_PEERCRED` before it may say anything: same uid as the master, or
-//! root. Anything else is refused with a log line.
+//! `SO_PEERCRED` before it may say anything: only the master's uid or
+//! root may be an agent; other uids may read the status. Every path a
+//! peer can take is bounded: a few KiB and 5 s for the hello, small
+//! frames and an idle timeout for operators, a cap on connections per
+//! uid, fds closed as they arrive, and the socket closed on every way out.
 
 use super::{Master, Peer};
 use crate::control::{Request, Response};
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
-use crate::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
+use crate::nodeipc;
+use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
+use std::cell::Cell;
 use std::collections::HashMap;
+use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
@@ -23,8 +29,31 @@ use tracing::{debug, info, warn};
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Largest frame accepted before a peer is admitted.
 const MAX_HELLO: usize = 4096;
-/// Dropped-frame warnings per worker are rate-limited to one per this.
-const DROP_WARNING_EVERY: Duration = Duration::from_secs(10);
+/// Largest frame from an operator: requests are tiny JSON.
+const MAX_CONTROL_FRAME: usize = 64 * 1024;
+/// An operator connection that asks nothing for this long is closed.
+const CONTROL_IDLE: Duration = Duration::from_secs(60);
+/// Bus connections a uid other than root's or the master's may hold at
+/// once (saying hello, or as operators): each costs the master an fd.
+const MAX_CONNECTIONS_PER_UID: usize = 32;
+/// Warnings about one kind of misbehaving peer are rate-limited to one per this.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that is logged at most once per [`WARN_EVERY`], so that a
+/// hostile peer cannot flood the journal.
+#[derive(Default)]
+pub(super) struct RateLimit(Cell<Option<Instant>>);
+
+impl RateLimit {
+    pub(super) fn due(&self) -> bool {
+        let now = Instant::now();
+        let due = self.0.get().is_none_or(|t| now.duration_since(t) > WARN_EVERY);
+        if due {
+            self.0.set(Some(now));
+        }
+        due
+    }
+}
 
 /// Binds the app's abstract bus socket. Failing to bind means another
 /// master of the same app runs in this network namespace.
@@ -42,13 +71,34 @@ pub(super) fn listen(app: &str) -> std::io::Result<UnixListener> {
     UnixListener::from_std(l)
 }
 
-/// Connects to an app's bus (agents and `sioctl`).
+/// Connects to an app's bus (agents and `sioctl`). Never blocks: a bus
+/// whose backlog is full (a hung master) answers `WouldBlock`, and the
+/// caller tries again later.
 pub fn connect(app: &str) -> std::io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
     let name = wire::bus_address(app);
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let s = std::os::unix::net::UnixStream::connect_addr(&addr)?;
-    s.set_nonblocking(true)?;
-    UnixStream::from_std(s)
+    let addr = UnixAddr::new_abstract(name.as_bytes())?;
+    let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
+    connect(sock.as_raw_fd(), &addr)?;
+    UnixStream::from_std(std::os::unix::net::UnixStream::from(sock))
+}
+
+/// Holds one of a uid's [`MAX_CONNECTIONS_PER_UID`] places while it lives.
+struct UidPlace {
+    master: Rc<Master>,
+    uid: u32,
+}
+
+impl Drop for UidPlace {
+    fn drop(&mut self) {
+        let mut st = self.master.st.borrow_mut();
+        if let Some(n) = st.bus_connections_by_uid.get_mut(&self.uid) {
+            *n -= 1;
+            if *n == 0 {
+                st.bus_connections_by_uid.remove(&self.uid);
+            }
+        }
+    }
 }
 
 impl Master {
@@ -68,75 +118,118 @@ impl Master {
         }
     }
 
+    /// Whether a uid is the master's own or root's: such peers may be agents.
+    fn trusted_uid(uid: u32) -> bool {
+        uid == 0 || uid == nix::unistd::geteuid().as_raw()
+    }
+
+    /// Takes a place for a connection of `uid`, or `None` if it holds too many.
+    fn place_for(self: &Rc<Self>, uid: u32) -> Option<UidPlace> {
+        let mut st = self.st.borrow_mut();
+        let n = st.bus_connections_by_uid.entry(uid).or_default();
+        if *n >= MAX_CONNECTIONS_PER_UID {
+            return None;
+        }
+        *n += 1;
+        Some(UidPlace { master: self.clone(), uid })
+    }
+
+    /// Serves one bus connection from its hello to its end. Every way out
+    /// drops the link's owner, which closes the socket.
     async fn admit(self: Rc<Self>, stream: UnixStream) {
         let creds = match getsockopt(&stream, PeerCredentials) {
             Ok(c) => c,
             Err(e) => return warn!(app = %self.cfg.app, "bus peer without credentials: {e}"),
         };
-        let link = Link::new(stream);
-        tokio::task::spawn_local({
-            let link = link.clone();
-            async move {
-                let _ = link.write_loop().await;
+        let place = if Master::trusted_uid(creds.uid()) {
+            None
+        } else {
+            match self.place_for(creds.uid()) {
+                Some(p) => Some(p),
+                None => {
+                    self.st.borrow_mut().counters.refused_peers += 1;
+                    if self.warned.too_many_connections.due() {
+                        warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), limit = MAX_CONNECTIONS_PER_UID, "bus peer refused: its uid holds too many bus connections");
+                    }
+                    return;
+                }
             }
-        });
-        let mut reader = FrameReader::new(Prefix::Bus, MAX_HELLO);
+        };
+        let link = Link::spawn(stream);
+        let mut reader = FrameReader::without_fds(Prefix::Bus, MAX_HELLO);
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next(&link)).await {
             Ok(Ok(Some(body))) => ToMaster::decode(body),
-            Ok(Ok(None)) => return,
-            Ok(Err(e)) => return debug!(app = %self.cfg.app, "bus peer failed before hello: {e}"),
-            Err(_) => return warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer said nothing: dropped"),
+            Ok(Ok(None)) => return debug!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer left before hello"),
+            Ok(Err(e)) => {
+                return debug!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer failed before hello: {e}")
+            }
+            Err(_) => {
+                if self.warned.silent_peer.due() {
+                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), "bus peer said nothing for {HELLO_TIMEOUT:?}: dropped");
+                }
+                return;
+            }
         };
-        let role = match hello {
-            Ok(ToMaster::Hello { version: PROTOCOL_VERSION, role }) => role,
+        let (version, role) = match hello {
+            Ok(ToMaster::Hello { version, role }) if version >= MIN_PROTOCOL_VERSION => (version, role),
             Ok(ToMaster::Hello { version, .. }) => {
-                warn!(app = %self.cfg.app, version, "bus peer speaks another protocol version");
+                warn!(app = %self.cfg.app, version, peer_pid = creds.pid(), "bus peer speaks an unsupported protocol version");
                 return refuse(
                     &link,
-                    &format!("protocol version {version} not supported (this master speaks {PROTOCOL_VERSION})"),
+                    &format!(
+                        "protocol version {version} not supported (this master speaks {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION})"
+                    ),
                 );
             }
             Ok(_) | Err(_) => {
-                warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer did not start with hello: dropped");
+                if self.warned.bad_hello.due() {
+                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), "bus peer did not start with hello: dropped");
+                }
                 return refuse(&link, "expected hello");
             }
         };
-        reader.set_max(wire::MAX_FRAME);
+        // Both ends speak the older of their two versions.
+        let version = version.min(PROTOCOL_VERSION);
         match role {
-            Role::Agent { app, slot, pid } => {
+            Role::Agent { app, slot, pid: claimed_pid } => {
                 let me = nix::unistd::geteuid().as_raw();
-                if creds.uid() != me && creds.uid() != 0 {
+                if !Master::trusted_uid(creds.uid()) {
                     self.st.borrow_mut().counters.refused_peers += 1;
                     warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
                     return refuse(&link, "permission denied: uid not allowed to serve this app");
                 }
+                drop(place);
                 if app != self.cfg.app {
                     return refuse(&link, &format!("this bus belongs to app {:?}, not {app:?}", self.cfg.app));
                 }
+                if !(1..=crate::sid::MAX_SLOT).contains(&slot) {
+                    return refuse(&link, &format!("worker {slot} is out of range 1..={}", crate::sid::MAX_SLOT));
+                }
+                // The kernel's pid, never the one the peer claims.
+                let pid = u32::try_from(creds.pid()).unwrap_or(claimed_pid);
                 if !self.st.borrow_mut().router.connected(slot) {
                     warn!(app = %self.cfg.app, worker = slot, pid, "second agent for one slot refused");
                     return refuse(&link, &format!("slot {slot} already has an agent"));
                 }
                 self.st.borrow_mut().peers.insert(slot, Peer { link: link.clone(), pid, in_flight: HashMap::new() });
-                welcome(&link);
-                info!(app = %self.cfg.app, worker = slot, pid, "worker connected");
+                welcome(&link, version);
+                reader.set_max(wire::MAX_FRAME);
+                info!(app = %self.cfg.app, worker = slot, pid, version, "worker connected");
                 self.worker_changed();
                 self.serve_agent(slot, &link, reader).await;
                 self.agent_gone(slot);
             }
             Role::Control => {
-                welcome(&link);
+                welcome(&link, version);
+                reader.set_max(MAX_CONTROL_FRAME);
                 self.serve_control(&link, reader, creds).await;
-                link.close();
             }
         }
     }
 
     async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader) {
-        let mut last_drop_warning: Option<Instant> = None;
+        let drop_warning = RateLimit::default();
         loop {
-            // Agents never send fds; close any that arrive.
-            reader.fds.clear();
             let body = match reader.next(link).await {
                 Ok(Some(body)) => body,
                 Ok(None) => return,
@@ -145,6 +238,12 @@ impl Master {
             };
             let msg = match ToMaster::decode(body) {
                 Ok(m) => m,
+                // A newer agent's frame this master does not know: skip it
+                // (every frame carries its length), as the protocol promises.
+                Err(WireError::UnknownTag(tag)) => {
+                    debug!(app = %self.cfg.app, worker = slot, tag, "frame of a newer protocol skipped");
+                    continue;
+                }
                 Err(e) => return warn!(app = %self.cfg.app, worker = slot, "agent sent a bad frame ({e}): dropped"),
             };
             let now = Instant::now();
@@ -156,19 +255,20 @@ impl Master {
                 }
                 ToMaster::SessionOpened(sid) => {
                     debug!(app = %self.cfg.app, worker = slot, sid = %sid, "session opened");
-                    self.st.borrow_mut().router.session_opened(slot, &sid, now);
-                    // A request may be waiting for exactly this announcement.
-                    if !self.st.borrow().waiting.is_empty() {
-                        self.retry_waiting();
+                    let foreign = self.st.borrow_mut().router.session_opened(slot, &sid, now);
+                    if foreign {
+                        // A request may be waiting for exactly this announcement.
+                        self.announced(&sid);
                     }
                 }
                 ToMaster::SessionClosed(sid) => self.st.borrow_mut().router.session_closed(slot, &sid),
                 ToMaster::HandoffDone(id) => {
-                    let mut st = self.st.borrow_mut();
-                    st.peers.get_mut(&slot).and_then(|p| p.in_flight.remove(&id));
+                    if self.st.borrow_mut().settle(slot, id).is_some() {
+                        self.room.notify_one();
+                    }
                 }
                 ToMaster::HandoffFailed(id) => {
-                    let flight = self.st.borrow_mut().peers.get_mut(&slot).and_then(|p| p.in_flight.remove(&id));
+                    let flight = self.st.borrow_mut().settle(slot, id);
                     if let Some(flight) = flight {
                         self.reroute(flight);
                     }
@@ -177,7 +277,9 @@ impl Master {
                 ToMaster::Adapter { header, frame } => {
                     let mut st = self.st.borrow_mut();
                     let st = &mut *st;
-                    st.router.adapter_seen(slot, &header.uid, &header.nsp);
+                    if header.kind != nodeipc::ADAPTER_CLOSE {
+                        st.router.adapter_seen(slot, &header.uid, &header.nsp);
+                    }
                     let out: Bytes = ToAgent::Adapter(frame).to_frame().into();
                     for target in st.router.relay_targets(slot, &header) {
                         let Some(peer) = st.peers.get(&target) else {
@@ -185,14 +287,16 @@ impl Master {
                         };
                         if peer.link.queued_bytes() + out.len() > self.cfg.limits.bus_queue_bytes {
                             st.counters.dropped_frames += 1;
-                            if last_drop_warning.is_none_or(|t| now.duration_since(t) > DROP_WARNING_EVERY) {
-                                last_drop_warning = Some(now);
+                            if drop_warning.due() {
                                 warn!(app = %self.cfg.app, worker = target, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
                             }
                             continue;
                         }
                         peer.link.send(out.clone(), None);
                         st.counters.relayed_frames += 1;
+                    }
+                    if header.kind == nodeipc::ADAPTER_CLOSE {
+                        st.router.adapter_closed(slot, &header.uid, &header.nsp);
                     }
                 }
                 ToMaster::Hello { .. } | ToMaster::Control(_) => {
@@ -211,7 +315,7 @@ impl Master {
                 None,
             )
         };
-        while let Ok(Some(body)) = reader.next(link).await {
+        while let Ok(Ok(Some(body))) = tokio::time::timeout(CONTROL_IDLE, reader.next(link)).await {
             let request = match ToMaster::decode(body) {
                 Ok(ToMaster::Control(json)) => serde_json::from_slice::<Request>(&json),
                 _ => return,
@@ -268,8 +372,8 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     line.split_whitespace().filter_map(|g| g.parse().ok()).collect()
 }
 
-fn welcome(link: &Link) {
-    link.send(ToAgent::Welcome { version: PROTOCOL_VERSION }.to_frame().into(), None);
+fn welcome(link: &Link, version: u16) {
+    link.send(ToAgent::Welcome { version }.to_frame().into(), None);
 }
 
 /// Says why, then hangs up.

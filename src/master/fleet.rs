@@ -27,7 +27,7 @@ fn state_file(app: &str) -> Option<PathBuf> {
 
 pub(super) fn saved_instances(app: &str) -> Option<u16> {
     let text = std::fs::read_to_string(state_file(app)?).ok()?;
-    text.trim().parse().ok().filter(|&n| n >= 1)
+    text.trim().parse().ok().filter(|n| (1..=crate::sid::MAX_SLOT).contains(n))
 }
 
 fn save_instances(app: &str, n: u16) -> std::io::Result<()> {
@@ -47,20 +47,34 @@ impl Master {
     /// restart under systemd), then start or stop workers to reach the count.
     pub(super) async fn bring_up(self: Rc<Self>) {
         let _op = self.ops.lock().await;
-        let adopted = self.supervisor.existing().await;
-        for &slot in &adopted {
-            self.st.borrow_mut().router.expect(slot);
+        let adopted = match self.supervisor.existing().await {
+            Ok(slots) => slots,
+            Err(e) => {
+                // Without the listing every live session would be taken for
+                // lost; exiting lets systemd restart the master to try again.
+                error!(app = %self.cfg.app, "{e}; exiting");
+                std::process::exit(1);
+            }
+        };
+        {
+            let mut st = self.st.borrow_mut();
+            for &slot in &adopted {
+                st.router.expect(slot);
+            }
+            // Now a slot nobody runs is gone for good.
+            st.router.discovering(false);
         }
         if !adopted.is_empty() {
             info!(app = %self.cfg.app, workers = ?adopted, "adopting running workers");
         }
+        self.worker_changed();
         if let Err(e) = self.reconcile(&|line| info!(app = %self.cfg.app, "{line}")).await {
             error!(app = %self.cfg.app, "{e}");
         }
     }
 
     /// Starts or retires workers until `desired` are active.
-    async fn reconcile(&self, progress: Progress<'_>) -> Result<String, String> {
+    async fn reconcile(self: &Rc<Self>, progress: Progress<'_>) -> Result<String, String> {
         let desired = usize::from(self.desired.get());
         let active = self.st.borrow().router.active_slots();
         if active.len() < desired {
@@ -93,6 +107,20 @@ impl Master {
         self.wait_ready(slot).await
     }
 
+    /// A replacement that never became ready is stopped and forgotten, so
+    /// that a failed reload leaves no extra, never-ready worker behind.
+    async fn abandon(&self, slot: u16) {
+        // Draining: when its agent leaves, it is removed, not expected back.
+        self.st.borrow_mut().router.drain(slot);
+        if let Err(e) = self.supervisor.stop(&self.cfg, slot).await {
+            error!(app = %self.cfg.app, worker = slot, "{e}");
+        }
+        let mut st = self.st.borrow_mut();
+        if !st.peers.contains_key(&slot) {
+            st.router.forget(slot);
+        }
+    }
+
     /// Waits until the worker in `slot` is ready, up to `timeouts.ready_ms`.
     async fn wait_ready(&self, slot: u16) -> Result<(), String> {
         let deadline = Instant::now() + self.cfg.timeouts.ready_ms;
@@ -108,7 +136,7 @@ impl Master {
     }
 
     /// Drains a worker, then stops it.
-    async fn retire(&self, slot: u16) -> Result<(), String> {
+    async fn retire(self: &Rc<Self>, slot: u16) -> Result<(), String> {
         self.st.borrow_mut().router.drain(slot);
         self.worker_changed();
         tokio::time::sleep(self.cfg.timeouts.drain_ms).await;
@@ -123,7 +151,7 @@ impl Master {
         result
     }
 
-    pub(super) async fn scale(&self, n: u16, progress: Progress<'_>) -> Result<String, String> {
+    pub(super) async fn scale(self: &Rc<Self>, n: u16, progress: Progress<'_>) -> Result<String, String> {
         let _op = self.ops.lock().await;
         save_instances(&self.cfg.app, n).map_err(|e| format!("cannot save the worker count: {e}"))?;
         self.desired.set(n);
@@ -133,7 +161,7 @@ impl Master {
 
     /// Replaces every worker, one at a time: start the new one, wait until
     /// it is ready, drain the old one, stop it.
-    pub(super) async fn reload(&self, progress: Progress<'_>) -> Result<String, String> {
+    pub(super) async fn reload(self: &Rc<Self>, progress: Progress<'_>) -> Result<String, String> {
         let _op = self.ops.lock().await;
         let old = self.st.borrow().router.active_slots();
         info!(app = %self.cfg.app, workers = ?old, "rolling reload");
@@ -144,7 +172,10 @@ impl Master {
                 st.router.expect(new);
                 new
             };
-            self.start_and_wait(new).await.map_err(|e| format!("reload stopped, worker {slot} kept: {e}"))?;
+            if let Err(e) = self.start_and_wait(new).await {
+                self.abandon(new).await;
+                return Err(format!("reload stopped, worker {slot} kept: {e}"));
+            }
             self.retire(slot).await?;
             progress(format!("worker {slot} replaced by worker {new} ({}/{})", i + 1, old.len()));
         }

@@ -62,13 +62,37 @@ struct InFlight {
 /// How long a request with a foreign sid waits for the sid's announcement.
 const ANNOUNCEMENT_WAIT: Duration = Duration::from_millis(500);
 
+/// Right after start, how long new sessions wait for the rest of the
+/// configured workers once the first is ready (so that a burst does not
+/// all land on the worker that happened to be ready first).
+const STARTUP_HOLD: Duration = Duration::from_secs(1);
+
+/// Waiting connections are expired at most this late: the expiry scan
+/// runs at most this often however many distinct deadlines there are.
+const EXPIRY_GRANULARITY: Duration = Duration::from_millis(10);
+
+/// A connection whose head is complete, on its way to a worker.
+struct Request {
+    conn: OwnedFd,
+    /// As peeked (a reroute compares it with a fresh peek).
+    head: Head,
+    /// Handoffs so far (each failed one means a worker died holding it).
+    attempts: u8,
+    /// When it started waiting for a worker.
+    since: Instant,
+    /// Its foreign sid was never announced: route it as a new session.
+    as_new: bool,
+}
+
+impl Request {
+    fn new(conn: OwnedFd, head: Head) -> Request {
+        Request { conn, head, attempts: 0, since: Instant::now(), as_new: false }
+    }
+}
+
 /// A connection waiting for a worker, or for its sid's announcement.
 struct Waiting {
-    conn: OwnedFd,
-    head: Head,
-    /// When it started waiting.
-    since: Instant,
-    attempts: u8,
+    req: Request,
     deadline: Instant,
     /// What happens at the deadline.
     then: GiveUp,
@@ -82,16 +106,111 @@ enum GiveUp {
     AsNewSession,
 }
 
-#[derive(Default)]
 struct State {
     router: Router,
     peers: BTreeMap<u16, Peer>,
+    /// Connections waiting for a worker (retried when one changes state).
     waiting: VecDeque<Waiting>,
+    /// Connections whose foreign sid is not announced yet, by sid (retried
+    /// only when exactly that sid is announced: never a scan per announcement).
+    awaiting_announcement: HashMap<String, Vec<Waiting>>,
+    awaiting_count: usize,
+    /// The earliest deadline among waiting connections (the expiry task's alarm).
+    next_expiry: Option<Instant>,
+    /// Handoff ids start at a random point in each master, so that a late
+    /// confirmation for an earlier master's id cannot match one of ours.
     next_handoff: u64,
+    /// Connections handed off and not yet confirmed, over all peers.
+    in_flight: usize,
     reading_heads: usize,
     /// Connections answered by the master, being read out before closing.
     lingering: usize,
+    /// Bus connections per uid other than root's and the master's.
+    bus_connections_by_uid: HashMap<u32, usize>,
     counters: Counters,
+}
+
+impl Default for State {
+    fn default() -> State {
+        use std::hash::{BuildHasher, Hasher};
+        // std seeds RandomState from the OS's randomness.
+        let seed = std::collections::hash_map::RandomState::new().build_hasher().finish();
+        State {
+            router: Router::default(),
+            peers: BTreeMap::new(),
+            waiting: VecDeque::new(),
+            awaiting_announcement: HashMap::new(),
+            awaiting_count: 0,
+            next_expiry: None,
+            next_handoff: seed >> 1,
+            in_flight: 0,
+            reading_heads: 0,
+            lingering: 0,
+            bus_connections_by_uid: HashMap::new(),
+            counters: Counters::default(),
+        }
+    }
+}
+
+impl State {
+    /// Parks a connection until its deadline (or until it can be routed).
+    fn park(&mut self, w: Waiting) -> bool {
+        let earlier = self.next_expiry.is_none_or(|t| w.deadline < t);
+        if earlier {
+            self.next_expiry = Some(w.deadline);
+        }
+        match (&w.then, w.req.head.sid.clone()) {
+            (GiveUp::AsNewSession, Some(sid)) => {
+                self.awaiting_count += 1;
+                self.awaiting_announcement.entry(sid).or_default().push(w);
+            }
+            _ => self.waiting.push_back(w),
+        }
+        earlier
+    }
+}
+
+impl State {
+    /// Connections waiting, for a worker or for an announcement.
+    fn waiting_count(&self) -> usize {
+        self.waiting.len() + self.awaiting_count
+    }
+
+    /// Takes every waiting connection that `expired` selects.
+    fn take_waiting(&mut self, expired: impl Fn(&Waiting) -> bool) -> Vec<Waiting> {
+        let mut taken = Vec::new();
+        let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(&mut self.waiting).into_iter().partition(|w| expired(w));
+        self.waiting = keep.into();
+        taken.extend(old);
+        self.awaiting_announcement.retain(|_, waiting| {
+            let (old, keep): (Vec<_>, Vec<_>) = std::mem::take(waiting).into_iter().partition(|w| expired(w));
+            taken.extend(old);
+            *waiting = keep;
+            !waiting.is_empty()
+        });
+        self.awaiting_count = self.awaiting_announcement.values().map(Vec::len).sum();
+        taken
+    }
+
+    /// The agent of `slot` is done with handoff `id` (confirmed, or failed).
+    fn settle(&mut self, slot: u16, id: u64) -> Option<InFlight> {
+        let flight = self.peers.get_mut(&slot)?.in_flight.remove(&id)?;
+        self.in_flight -= 1;
+        Some(flight)
+    }
+
+    fn earliest_deadline(&self) -> Option<Instant> {
+        let announced = self.awaiting_announcement.values().flatten();
+        self.waiting.iter().chain(announced).map(|w| w.deadline).min()
+    }
+}
+
+/// Rate-limited warnings about misbehaving bus peers.
+#[derive(Default)]
+struct Warnings {
+    too_many_connections: bus::RateLimit,
+    silent_peer: bus::RateLimit,
+    bad_hello: bus::RateLimit,
 }
 
 pub struct Master {
@@ -101,7 +220,8 @@ pub struct Master {
     listen: Vec<SocketAddr>,
     activated: bool,
     st: RefCell<State>,
-    /// Woken when a worker becomes routable or a connection starts waiting.
+    /// Woken when a connection starts waiting with an earlier deadline than
+    /// the expiry task sleeps until.
     waiting_changed: Notify,
     /// Woken when a connection stops reading its head (room to accept more).
     room: Notify,
@@ -116,6 +236,12 @@ pub struct Master {
     /// Peek buffer shared by all connections (peeking does not consume, so
     /// nothing needs to be kept between peeks).
     scratch: RefCell<Vec<u8>>,
+    warned: Warnings,
+    /// Whether the start-up hold on new sessions is over (every configured
+    /// worker was ready once, or the hold ran out).
+    started_up: Cell<bool>,
+    /// Whether the start-up hold began (a first worker was ready).
+    holding: Cell<bool>,
 }
 
 impl Master {
@@ -124,12 +250,16 @@ impl Master {
         let scratch = RefCell::new(vec![0; cfg.limits.max_head_bytes]);
         let desired = Cell::new(fleet::saved_instances(&cfg.app).unwrap_or_else(|| cfg.instances.resolve()));
         let bus = RefCell::new(Some(bus::listen(&cfg.app)?));
+        let mut st = State::default();
+        // A restarted master under systemd must first learn which workers
+        // still run before it may call any sid's owner gone.
+        st.router.discovering(matches!(supervisor, Supervisor::Systemd(_)));
         Ok(Rc::new(Master {
             bus,
             listen: listeners.addresses(),
             activated: listeners.activated,
             cfg,
-            st: RefCell::default(),
+            st: RefCell::new(st),
             waiting_changed: Notify::new(),
             room: Notify::new(),
             desired,
@@ -138,6 +268,9 @@ impl Master {
             ops: tokio::sync::Mutex::new(()),
             workers_changed: Notify::new(),
             scratch,
+            warned: Warnings::default(),
+            started_up: Cell::new(false),
+            holding: Cell::new(false),
         }))
     }
 
@@ -180,15 +313,15 @@ impl Master {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let deadline = until(self.cfg.timeouts.worker_wait_ms);
-        while !self.st.borrow().waiting.is_empty() && Instant::now() < deadline {
+        while self.st.borrow().waiting_count() > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
+        let waiting = self.st.borrow_mut().take_waiting(|_| true);
         for w in waiting {
-            self.count_and_answer(w.conn, http_head::response::NO_WORKER);
+            self.count_and_answer(w.req.conn, http_head::response::NO_WORKER);
         }
         let deadline = Instant::now() + Duration::from_secs(2);
-        while self.st.borrow().peers.values().any(|p| !p.in_flight.is_empty()) && Instant::now() < deadline {
+        while self.st.borrow().in_flight > 0 && Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         if self.supervisor.workers_stop_with_master().await {
@@ -201,47 +334,67 @@ impl Master {
     }
 
     /// Routes a connection whose head is complete: hands it off, or parks it.
-    /// `since`: when it started waiting for a worker (now, for a new one).
-    fn dispatch(&self, conn: OwnedFd, head: Head, attempts: u8, since: Instant) {
+    fn dispatch(&self, req: Request) {
         let now = Instant::now();
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
-        match st.router.route(&head, now) {
+        let route = if req.as_new {
+            st.router.route(&Head { sid: None, handshake: false }, now)
+        } else {
+            st.router.route(&req.head, now)
+        };
+        let (deadline, then) = match route {
             Route::To(slot) => {
                 let Some(peer) = st.peers.get_mut(&slot) else {
                     // Router and peers move together; this is a bug, not a client's fault.
                     warn!(worker = slot, "routable worker without an agent");
-                    let deadline = since + self.cfg.timeouts.worker_wait_ms;
-                    st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::Answer503 });
+                    let deadline = req.since + self.cfg.timeouts.worker_wait_ms;
+                    if st.park(Waiting { req, deadline, then: GiveUp::Answer503 }) {
+                        self.waiting_changed.notify_one();
+                    }
                     return;
                 };
                 let id = st.next_handoff;
-                st.next_handoff += 1;
-                st.router.handed_off(slot, &head, now);
-                debug!(app = %self.cfg.app, worker = slot, sid = head.sid.as_deref().unwrap_or(""), handshake = head.handshake, "handoff");
-                let conn = Rc::new(conn);
+                st.next_handoff = st.next_handoff.wrapping_add(1);
+                st.in_flight += 1;
+                st.router.handed_off(slot, &req.head, now);
+                debug!(app = %self.cfg.app, worker = slot, sid = req.head.sid.as_deref().unwrap_or(""), handshake = req.head.handshake, "handoff");
+                let conn = Rc::new(req.conn);
                 peer.link.send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
-                peer.in_flight.insert(id, InFlight { conn, head, attempts });
+                peer.in_flight.insert(id, InFlight { conn, head: req.head, attempts: req.attempts });
                 st.counters.handed_off += 1;
+                return;
             }
-            Route::Wait => {
-                let deadline = since + self.cfg.timeouts.worker_wait_ms;
-                st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::Answer503 });
-                self.waiting_changed.notify_one();
-            }
-            Route::AwaitAnnouncement => {
-                let deadline = since + ANNOUNCEMENT_WAIT;
-                st.waiting.push_back(Waiting { conn, head, since, attempts, deadline, then: GiveUp::AsNewSession });
-                self.waiting_changed.notify_one();
-            }
+            Route::Wait => (req.since + self.cfg.timeouts.worker_wait_ms, GiveUp::Answer503),
+            Route::AwaitAnnouncement => (req.since + ANNOUNCEMENT_WAIT, GiveUp::AsNewSession),
+        };
+        if st.park(Waiting { req, deadline, then }) {
+            self.waiting_changed.notify_one();
         }
     }
 
-    /// Routes every waiting connection again (a worker became routable).
+    /// Routes the connections waiting for a worker again (a worker's state
+    /// changed). Those waiting for an announcement wait for it.
     fn retry_waiting(&self) {
-        let waiting: Vec<_> = self.st.borrow_mut().waiting.drain(..).collect();
+        let waiting = std::mem::take(&mut self.st.borrow_mut().waiting);
         for w in waiting {
-            self.dispatch(w.conn, w.head, w.attempts, w.since);
+            self.dispatch(w.req);
+        }
+        self.room.notify_one();
+    }
+
+    /// A foreign sid was announced: route the requests that waited for it.
+    fn announced(&self, sid: &str) {
+        let waiting = {
+            let mut st = self.st.borrow_mut();
+            let Some(waiting) = st.awaiting_announcement.remove(sid) else {
+                return;
+            };
+            st.awaiting_count -= waiting.len();
+            waiting
+        };
+        for w in waiting {
+            self.dispatch(w.req);
         }
         self.room.notify_one();
     }
@@ -250,7 +403,7 @@ impl Master {
     /// waited for a worker, a new-session route for unannounced sids.
     async fn expire_waiting(self: Rc<Self>) {
         loop {
-            let next = self.st.borrow().waiting.iter().map(|w| w.deadline).min();
+            let next = self.st.borrow().next_expiry;
             let sleep = async {
                 match next {
                     Some(t) => tokio::time::sleep_until(t.into()).await,
@@ -262,23 +415,34 @@ impl Master {
                 _ = self.waiting_changed.notified() => continue,
             }
             let now = Instant::now();
-            let expired: Vec<_> = {
+            let expired = {
                 let mut st = self.st.borrow_mut();
-                let (old, keep): (Vec<_>, Vec<_>) = st.waiting.drain(..).partition(|w| w.deadline <= now);
-                st.waiting = keep.into();
-                old
+                let expired = st.take_waiting(|w| w.deadline <= now);
+                let earliest = st.earliest_deadline();
+                st.next_expiry = earliest.map(|t| t.max(now + EXPIRY_GRANULARITY));
+                expired
             };
             let mut answered = 0;
-            for mut w in expired {
-                match w.then {
+            for Waiting { mut req, then, .. } in expired {
+                match then {
                     GiveUp::Answer503 => {
                         answered += 1;
-                        self.count_and_answer(w.conn, http_head::response::NO_WORKER);
+                        self.count_and_answer(req.conn, http_head::response::NO_WORKER);
+                    }
+                    GiveUp::AsNewSession
+                        if self.st.borrow().router.announcements_pending()
+                            && now < req.since + self.cfg.timeouts.worker_wait_ms =>
+                    {
+                        // A worker that has not replayed its sessions to this
+                        // master yet (it restarted) may still announce it.
+                        let deadline = (now + ANNOUNCEMENT_WAIT).min(req.since + self.cfg.timeouts.worker_wait_ms);
+                        self.st.borrow_mut().park(Waiting { req, deadline, then: GiveUp::AsNewSession });
                     }
                     GiveUp::AsNewSession => {
-                        debug!(app = %self.cfg.app, sid = w.head.sid.as_deref().unwrap_or(""), "sid never announced: routed as new");
-                        w.head.sid = None;
-                        self.dispatch(w.conn, w.head, w.attempts, now);
+                        debug!(app = %self.cfg.app, sid = req.head.sid.as_deref().unwrap_or(""), "sid never announced: routed as new");
+                        req.as_new = true;
+                        req.since = now;
+                        self.dispatch(req);
                     }
                 }
             }
@@ -303,9 +467,9 @@ impl Master {
             self.count_and_answer(conn, http_head::response::NO_WORKER);
             return;
         }
-        match self.peek(&conn) {
+        match self.peek(&conn, None) {
             accept::Peeked::Head(head) if head == flight.head => {
-                self.dispatch(conn, head, flight.attempts + 1, Instant::now())
+                self.dispatch(Request { attempts: flight.attempts + 1, ..Request::new(conn, head) })
             }
             // Consumed or changed: a worker read it before dying. Nothing to save.
             _ => debug!(app = %self.cfg.app, "connection torn by a dying worker; closed"),
@@ -314,9 +478,34 @@ impl Master {
 
     /// A worker's state changed: waiting connections may have somewhere
     /// to go now, and whoever waits for a state hears of it.
-    fn worker_changed(&self) {
+    fn worker_changed(self: &Rc<Self>) {
+        self.update_startup_hold();
         self.retry_waiting();
         self.workers_changed.notify_waiters();
+    }
+
+    /// At start, new sessions wait (up to [`STARTUP_HOLD`] after the first
+    /// worker is ready) until every configured worker is ready.
+    fn update_startup_hold(self: &Rc<Self>) {
+        if self.started_up.get() {
+            return;
+        }
+        let mut st = self.st.borrow_mut();
+        let ready = st.router.ready_count();
+        if ready >= usize::from(self.desired.get()) {
+            self.started_up.set(true);
+            st.router.hold_new_sessions(None);
+        } else if ready > 0 && !self.holding.replace(true) {
+            st.router.hold_new_sessions(Some(Instant::now() + STARTUP_HOLD));
+            let master = self.clone();
+            tokio::task::spawn_local(async move {
+                tokio::time::sleep(STARTUP_HOLD).await;
+                if !master.started_up.replace(true) {
+                    master.st.borrow_mut().router.hold_new_sessions(None);
+                    master.retry_waiting();
+                }
+            });
+        }
     }
 
     /// The agent of `slot` disconnected: route its unconfirmed connections
@@ -327,6 +516,7 @@ impl Master {
             let Some(peer) = st.peers.remove(&slot) else {
                 return;
             };
+            st.in_flight -= peer.in_flight.len();
             let adapters = st.router.gone(slot);
             (peer, adapters)
         };
@@ -377,8 +567,9 @@ impl Master {
             sessions: workers.iter().map(|w| u64::from(w.sessions)).sum(),
             workers,
             reading_heads: st.reading_heads,
-            waiting: st.waiting.len(),
-            in_flight: st.peers.values().map(|p| p.in_flight.len()).sum(),
+            waiting: st.waiting_count(),
+            in_flight: st.in_flight,
+            heap_bytes: crate::heap::in_use(),
             counters: st.counters.clone(),
         }
     }

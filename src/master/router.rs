@@ -6,7 +6,7 @@
 //! ```text
 //!            agent says Hello        agent says Ready
 //! Starting ───────────────────▶ Connected ─────────────▶ Ready
-//!    ▲                              │                      │ drain()
+//!    ▲                              │                      │ drain() (from any state)
 //!    │ agent gone (will restart)    │                      ▼
 //!    └──────────────────────────────┴────────────────── Draining ── agent gone ─▶ (removed)
 //! ```
@@ -21,24 +21,13 @@
 //! * Adapter frames go where `setupPrimary` sends them (see [`Router::relay_targets`]).
 
 use crate::balance::{Balancer, Load};
+pub use crate::control::WorkerState;
 use crate::http_head::Head;
 use crate::nodeipc::AdapterHeader;
 use crate::sid;
 use serde::Serialize;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum WorkerState {
-    /// Expected: started, or restarting, with no agent connected yet.
-    Starting,
-    /// Agent connected; its Node worker is not ready for new sessions yet.
-    Connected,
-    Ready,
-    /// Keeps its sessions, takes no new ones; removed when its agent leaves.
-    Draining,
-}
 
 #[derive(Debug)]
 struct Worker {
@@ -85,9 +74,39 @@ pub struct Router {
     /// Which worker runs each adapter uid (to unicast responses).
     uid_owner: HashMap<String, u16>,
     balancer: Balancer,
+    /// A restarted master has not yet learned which workers still run: a
+    /// sid whose slot is unknown may belong to one that has not reconnected.
+    discovering: bool,
+    /// New sessions wait until then (see [`Router::hold_new_sessions`]).
+    hold_new_sessions_until: Option<Instant>,
 }
 
 impl Router {
+    /// While `on`, a sid whose slot is unknown waits instead of counting as
+    /// lost: the master is still learning which workers run.
+    pub fn discovering(&mut self, on: bool) {
+        self.discovering = on;
+    }
+
+    /// New sessions wait until `until` (then are balanced as usual): right
+    /// after start, so that a burst spreads over all the configured workers
+    /// rather than landing on the one that was ready first.
+    pub fn hold_new_sessions(&mut self, until: Option<Instant>) {
+        self.hold_new_sessions_until = until;
+    }
+
+    /// Whether announcements may still come for sids nobody announced: the
+    /// master is discovering, or a worker has not replayed its sessions yet.
+    pub fn announcements_pending(&self) -> bool {
+        self.discovering
+            || self.workers.values().any(|w| matches!(w.state, WorkerState::Starting | WorkerState::Connected))
+    }
+
+    /// Workers ready for new sessions.
+    pub fn ready_count(&self) -> usize {
+        self.workers.values().filter(|w| w.state == WorkerState::Ready).count()
+    }
+
     /// A worker is expected in `slot` (started, or about to be).
     pub fn expect(&mut self, slot: u16) {
         self.workers.entry(slot).or_insert_with(|| Worker::new(WorkerState::Starting));
@@ -145,16 +164,37 @@ impl Router {
         self.workers.get(&slot).map(|w| w.state)
     }
 
-    pub fn session_opened(&mut self, slot: u16, sid: &str, now: Instant) {
-        if sid::slot_of(sid.as_bytes()) != Some(slot) {
-            self.foreign_sids.insert(sid.to_owned(), slot);
-        }
+    /// `slot` announced a session. Returns whether its sid is foreign (a
+    /// request may be waiting for this announcement). A worker may announce
+    /// only sids it can own: a sio sid of another slot, or a foreign sid
+    /// another worker announced first, is ignored.
+    pub fn session_opened(&mut self, slot: u16, sid: &str, now: Instant) -> bool {
+        let foreign = match sid::slot_of(sid.as_bytes()) {
+            Some(s) if s == slot => false,
+            Some(_) => return false,
+            None => match self.foreign_sids.entry(sid.to_owned()) {
+                std::collections::hash_map::Entry::Occupied(_) => return false,
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(slot);
+                    true
+                }
+            },
+        };
         if let Some(w) = self.workers.get_mut(&slot) {
             w.load.session_opened(now);
         }
+        foreign
     }
 
+    /// `slot` announced the end of a session (only its own count).
     pub fn session_closed(&mut self, slot: u16, sid: &str) {
+        let own = match sid::slot_of(sid.as_bytes()) {
+            Some(s) => s == slot,
+            None => self.foreign_sids.get(sid) == Some(&slot),
+        };
+        if !own {
+            return;
+        }
         self.foreign_sids.remove(sid);
         if let Some(w) = self.workers.get_mut(&slot) {
             w.load.session_closed();
@@ -171,9 +211,14 @@ impl Router {
             match self.owner(sid).map(|owner| (owner, self.workers.get(&owner).map(|w| w.state))) {
                 Some((_, Some(WorkerState::Starting))) => return Route::Wait,
                 Some((owner, Some(_))) => return Route::To(owner),
+                // Perhaps a worker this master has not heard of yet.
+                Some((_, None)) if self.discovering => return Route::Wait,
                 Some((_, None)) => {} // the owner is gone for good: so is the session
                 None => return Route::AwaitAnnouncement,
             }
+        }
+        if self.hold_new_sessions_until.is_some_and(|t| now < t) {
+            return Route::Wait;
         }
         let ready = self.workers.iter_mut().filter(|(_, w)| w.state == WorkerState::Ready);
         let candidates: Vec<(u16, u32)> = ready.map(|(&s, w)| (s, w.load.value(now))).collect();
@@ -189,12 +234,26 @@ impl Router {
         }
     }
 
-    /// Records the adapter behind a frame from `slot`.
+    /// Records the adapter behind a frame from `slot`. The first worker
+    /// seen with a uid keeps it (another cannot take its responses over).
     pub fn adapter_seen(&mut self, slot: u16, uid: &str, nsp: &str) {
         if let Some(w) = self.workers.get_mut(&slot) {
-            if w.adapters.insert((uid.to_owned(), nsp.to_owned())) {
-                self.uid_owner.insert(uid.to_owned(), slot);
+            if !w.adapters.contains(&(uid.to_owned(), nsp.to_owned())) {
+                w.adapters.insert((uid.to_owned(), nsp.to_owned()));
+                self.uid_owner.entry(uid.to_owned()).or_insert(slot);
             }
+        }
+    }
+
+    /// `slot` closed an adapter (`ADAPTER_CLOSE`): forget it, so that the
+    /// bookkeeping of apps with short-lived namespaces does not grow.
+    pub fn adapter_closed(&mut self, slot: u16, uid: &str, nsp: &str) {
+        let Some(w) = self.workers.get_mut(&slot) else {
+            return;
+        };
+        w.adapters.remove(&(uid.to_owned(), nsp.to_owned()));
+        if !w.adapters.iter().any(|(u, _)| u == uid) && self.uid_owner.get(uid) == Some(&slot) {
+            self.uid_owner.remove(uid);
         }
     }
 
@@ -316,6 +375,56 @@ mod tests {
         assert_eq!(r.relay_targets(2, &bcast), vec![1, 3]);
         let unknown = AdapterHeader { requester_uid: Some("Z".into()), ..resp };
         assert_eq!(r.relay_targets(2, &unknown), vec![1, 3]);
+    }
+
+    #[test]
+    fn while_discovering_a_sid_of_an_unknown_slot_waits_then_counts_as_lost() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1]);
+        r.discovering(true);
+        let of_slot_2 = sid::make(2, &[3; 16]);
+        assert_eq!(r.route(&head(Some(&of_slot_2)), now), Route::Wait, "worker 2 may not have reconnected yet");
+        assert!(r.announcements_pending());
+        r.discovering(false);
+        assert_eq!(r.route(&head(Some(&of_slot_2)), now), Route::To(1), "nobody runs slot 2: a new session");
+        assert!(!r.announcements_pending());
+    }
+
+    #[test]
+    fn the_start_up_hold_parks_new_sessions_only() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1]);
+        r.hold_new_sessions(Some(now + std::time::Duration::from_secs(1)));
+        assert_eq!(r.route(&head(None), now), Route::Wait);
+        let sid = sid::make(1, &[5; 16]);
+        assert_eq!(r.route(&head(Some(&sid)), now), Route::To(1), "a session's requests are not held");
+        assert_eq!(r.route(&head(None), now + std::time::Duration::from_secs(2)), Route::To(1), "bounded");
+    }
+
+    #[test]
+    fn a_worker_announces_and_closes_only_sessions_it_can_own() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2]);
+        let of_slot_1 = sid::make(1, &[9; 16]);
+        assert!(!r.session_opened(2, &of_slot_1, now), "a sio sid of another slot is ignored");
+        assert_eq!(r.route(&head(Some(&of_slot_1)), now), Route::To(1));
+        assert!(r.session_opened(1, "foreign-a", now));
+        assert!(!r.session_opened(2, "foreign-a", now), "the first announcer keeps a foreign sid");
+        r.session_closed(2, "foreign-a");
+        assert_eq!(r.route(&head(Some("foreign-a")), now), Route::To(1), "only the owner closes it");
+        assert_eq!(r.workers().iter().map(|w| w.sessions).collect::<Vec<_>>(), vec![1, 0]);
+    }
+
+    #[test]
+    fn adapter_close_forgets_the_adapter_and_the_first_owner_keeps_a_uid() {
+        let mut r = ready_router(&[1, 2, 3]);
+        r.adapter_seen(1, "A", "/");
+        r.adapter_seen(2, "A", "/x");
+        let resp = AdapterHeader { kind: 8, uid: "B".into(), nsp: "/".into(), requester_uid: Some("A".into()) };
+        assert_eq!(r.relay_targets(3, &resp), vec![1], "worker 2 cannot take worker 1's responses");
+        r.adapter_closed(1, "A", "/");
+        assert_eq!(r.relay_targets(3, &resp), vec![1, 2], "the requester is unknown now: to all others");
+        assert_eq!(r.gone(1), Vec::<(String, String)>::new(), "nothing left to close for it");
     }
 
     #[test]

@@ -51,10 +51,10 @@ impl Supervisor {
     }
 
     /// Workers already running when the master starts (to adopt).
-    pub async fn existing(&self) -> Vec<u16> {
+    pub async fn existing(&self) -> Result<Vec<u16>, String> {
         match self {
-            Supervisor::Embedded(_) => Vec::new(),
-            Supervisor::Systemd(w) => w.live_slots().await,
+            Supervisor::Embedded(_) => Ok(Vec::new()),
+            Supervisor::Systemd(w) => w.live_slots().await.map_err(|e| format!("cannot list the worker units: {e}")),
         }
     }
 

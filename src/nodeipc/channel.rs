@@ -10,13 +10,15 @@
 //! `destroy()` from reaching the client); on NACK it resends, at most
 //! [`MAX_RETRANSMISSIONS`] times.
 
-use crate::handoff::{Bytes, Link};
+use crate::handoff::{Bytes, Link, OwnedLink};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
 
 pub const MAX_RETRANSMISSIONS: u8 = 3;
 
@@ -29,18 +31,25 @@ struct InFlight {
     id: u64,
     fd: Rc<OwnedFd>,
     retransmissions: u8,
+    /// When it was (last) sent: Node answers within milliseconds unless
+    /// its event loop is stuck (see [`NodeChannel::unanswered_since`]).
+    sent: Instant,
 }
 
 #[derive(Default)]
 struct Discipline {
     in_flight: Option<InFlight>,
     held: VecDeque<Held>,
+    /// Bytes of the frames in `held` (they count as queued for backpressure).
+    held_bytes: usize,
 }
 
 /// The parent's end of a Node child's IPC channel.
 pub struct NodeChannel {
-    link: Rc<Link>,
+    link: OwnedLink,
     discipline: RefCell<Discipline>,
+    /// Woken when a handle is sent (a new one to watch for its answer).
+    handle_sent: Notify,
     /// `{cmd:"NODE_HANDLE", ...sticky:connection}`, the same for every handoff.
     handoff_frame: Bytes,
 }
@@ -67,9 +76,13 @@ impl NodeChannel {
         let (parent, child) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
         let parent = std::os::unix::net::UnixStream::from(parent);
         parent.set_nonblocking(true)?;
-        let link = Link::new(tokio::net::UnixStream::from_std(parent)?);
-        let channel =
-            NodeChannel { link, discipline: RefCell::default(), handoff_frame: super::sticky_handoff_frame().into() };
+        let link = Link::spawn(tokio::net::UnixStream::from_std(parent)?);
+        let channel = NodeChannel {
+            link,
+            discipline: RefCell::default(),
+            handle_sent: Notify::new(),
+            handoff_frame: super::sticky_handoff_frame().into(),
+        };
         Ok((Rc::new(channel), ChildEnd(child)))
     }
 
@@ -81,6 +94,7 @@ impl NodeChannel {
     pub fn send_frame(&self, frame: Bytes) {
         let mut d = self.discipline.borrow_mut();
         if d.in_flight.is_some() {
+            d.held_bytes += frame.len();
             d.held.push_back(Held::Frame(frame));
         } else {
             self.link.send(frame, None);
@@ -100,14 +114,18 @@ impl NodeChannel {
     fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd) {
         let fd = Rc::new(fd);
         self.link.send(self.handoff_frame.clone(), Some(fd.clone()));
-        d.in_flight = Some(InFlight { id, fd, retransmissions: 0 });
+        d.in_flight = Some(InFlight { id, fd, retransmissions: 0, sent: Instant::now() });
+        self.handle_sent.notify_one();
     }
 
     /// Sends held messages up to (and including) the next handle.
     fn release(&self, d: &mut Discipline) {
         while let Some(h) = d.held.pop_front() {
             match h {
-                Held::Frame(f) => self.link.send(f, None),
+                Held::Frame(f) => {
+                    d.held_bytes -= f.len();
+                    self.link.send(f, None)
+                }
                 Held::Handle { id, fd } => return self.launch(d, id, fd),
             }
         }
@@ -131,12 +149,47 @@ impl NodeChannel {
         let flight = d.in_flight.as_mut()?;
         if flight.retransmissions < MAX_RETRANSMISSIONS {
             flight.retransmissions += 1;
+            flight.sent = Instant::now();
             self.link.send(self.handoff_frame.clone(), Some(flight.fd.clone()));
             return None;
         }
         let failed = d.in_flight.take().map(|f| f.id);
         self.release(&mut d);
         failed
+    }
+
+    /// Bytes waiting for the child: in the link's queue, and held behind a
+    /// handle in flight.
+    pub fn queued_bytes(&self) -> usize {
+        self.link.queued_bytes() + self.discipline.borrow().held_bytes
+    }
+
+    /// Waits until at most `limit` bytes wait for the child (or the channel
+    /// closed): backpressure for whoever feeds it.
+    pub async fn room_for(&self, limit: usize) {
+        while self.queued_bytes() > limit && !self.link.is_closed() {
+            self.link.drained().await;
+        }
+    }
+
+    /// Since when the handle in flight waits for its answer, if one does.
+    pub fn unanswered_since(&self) -> Option<Instant> {
+        self.discipline.borrow().in_flight.as_ref().map(|f| f.sent)
+    }
+
+    /// Returns once a handle has waited `limit` for its answer: the child's
+    /// event loop is stuck (it answers within milliseconds otherwise).
+    pub async fn unanswered_for(&self, limit: Duration) {
+        loop {
+            let Some(sent) = self.unanswered_since() else {
+                self.handle_sent.notified().await;
+                continue;
+            };
+            tokio::time::sleep_until((sent + limit).into()).await;
+            if self.unanswered_since() == Some(sent) {
+                return;
+            }
+        }
     }
 
     /// The child is gone: the ids of every connection it never got.
@@ -147,6 +200,7 @@ impl NodeChannel {
             Held::Handle { id, .. } => Some(id),
             Held::Frame(_) => None,
         }));
+        d.held_bytes = 0;
         self.link.close();
         ids
     }
@@ -159,7 +213,7 @@ mod tests {
 
     /// Plays Node's side of the channel: reads what the parent sends.
     struct FakeChild {
-        link: Rc<Link>,
+        link: OwnedLink,
         reader: FrameReader,
     }
 
@@ -179,16 +233,12 @@ mod tests {
         }
     }
 
-    /// A channel with its writer running, and Node's end of it.
+    /// A channel, and Node's end of it.
     fn pair() -> (Rc<NodeChannel>, FakeChild) {
         let (channel, child) = NodeChannel::pair().unwrap();
-        tokio::task::spawn_local({
-            let l = channel.link().clone();
-            async move { l.write_loop().await }
-        });
         let child = std::os::unix::net::UnixStream::from(child.0);
         child.set_nonblocking(true).unwrap();
-        let link = Link::new(tokio::net::UnixStream::from_std(child).unwrap());
+        let link = Link::spawn(tokio::net::UnixStream::from_std(child).unwrap());
         (channel, FakeChild { link, reader: FrameReader::new(Prefix::Node, 1 << 20) })
     }
 

@@ -47,6 +47,9 @@ impl AdapterHeader {
 pub enum FromChild {
     HandleAck,
     HandleNack,
+    /// The child passed a handle to its parent (`process.send(msg, handle)`).
+    /// Its sender queues every later message until it gets an ACK.
+    Handle,
     /// `NODE_CLUSTER` `online`, `listening`, `close`: no answer expected.
     ClusterNotice,
     /// The worker called `server.listen()` and waits for this answer.
@@ -112,6 +115,7 @@ fn classify_internal(cmd: &str, msg: &Value) -> FromChild {
     match cmd {
         "NODE_HANDLE_ACK" => FromChild::HandleAck,
         "NODE_HANDLE_NACK" => FromChild::HandleNack,
+        "NODE_HANDLE" => FromChild::Handle,
         "NODE_CLUSTER" => {
             let seq = msg.get("seq").cloned().unwrap_or(Value::Undefined);
             match string_field(msg, "act").as_deref() {
@@ -139,6 +143,11 @@ pub fn sticky_handoff_frame() -> Vec<u8> {
         ("type", Value::str("net.Socket")),
         ("msg", Value::object([("type", Value::str("sticky:connection")), ("data", Value::buffer(Vec::new()))])),
     ]))
+}
+
+/// `{cmd:"NODE_HANDLE_ACK"}`: what a receiver of a handle answers.
+pub fn handle_ack_frame() -> Vec<u8> {
+    v8::encode_frame(&Value::object([("cmd", Value::str("NODE_HANDLE_ACK"))]))
 }
 
 /// `{cmd:"NODE_CLUSTER", ack:seq}`: the answer to `exitedAfterDisconnect`.
@@ -220,8 +229,9 @@ mod tests {
     fn sticky_messages_and_internal_ones() {
         let p = payload(Value::object([("type", Value::str("sticky:connection")), ("data", Value::str("SID"))]));
         assert_eq!(classify(&p).unwrap(), FromChild::SessionOpened("SID".into()));
-        let p = payload(Value::object([("cmd", Value::str("NODE_HANDLE_ACK"))]));
-        assert_eq!(classify(&p).unwrap(), FromChild::HandleAck);
+        assert_eq!(classify(&handle_ack_frame()[4..]).unwrap(), FromChild::HandleAck);
+        let p = payload(Value::object([("cmd", Value::str("NODE_HANDLE")), ("type", Value::str("net.Socket"))]));
+        assert_eq!(classify(&p).unwrap(), FromChild::Handle);
         let p = payload(Value::object([
             ("cmd", Value::str("NODE_CLUSTER")),
             ("act", Value::str("online")),

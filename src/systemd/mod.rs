@@ -17,6 +17,11 @@ use std::time::Duration;
 
 /// Longest a start or stop job may take before the master gives up on it.
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest any one D-Bus call may take: a stuck systemd must not wedge the
+/// master (it holds the scale/reload lock while it waits).
+const CALL_TIMEOUT: Duration = Duration::from_secs(25);
+/// Attempts at listing the running workers after a master restart.
+const LIST_ATTEMPTS: u32 = 5;
 
 /// The unit of worker `slot` of `app`.
 pub fn worker_unit(app: &str, slot: u16) -> String {
@@ -37,7 +42,7 @@ pub struct Workers {
 
 impl Workers {
     pub async fn connect(app: &str) -> zbus::Result<Workers> {
-        let conn = zbus::Connection::system().await?;
+        let conn = zbus::connection::Builder::system()?.method_timeout(CALL_TIMEOUT).build().await?;
         let manager = ManagerProxy::new(&conn).await?;
         manager.subscribe().await?;
         Ok(Workers { conn, manager, app: app.to_owned() })
@@ -87,19 +92,28 @@ impl Workers {
     }
 
     /// Slots whose units are running or starting (after a master restart:
-    /// the workers to adopt).
-    pub async fn live_slots(&self) -> Vec<u16> {
+    /// the workers to adopt). A failed listing is tried again: taking it for
+    /// "no workers" would treat every live session as lost.
+    pub async fn live_slots(&self) -> zbus::Result<Vec<u16>> {
         let pattern = format!("sio-worker@{}:*.service", self.app);
-        let rows = self
-            .manager
-            .list_units_by_patterns(&["active", "activating", "reloading"], &[pattern.as_str()])
-            .await
-            .unwrap_or_default();
+        let mut attempt = 1;
+        let rows = loop {
+            match self.manager.list_units_by_patterns(&["active", "activating", "reloading"], &[pattern.as_str()]).await
+            {
+                Ok(rows) => break rows,
+                Err(e) if attempt < LIST_ATTEMPTS => {
+                    tracing::warn!(app = %self.app, attempt, "cannot list the worker units yet: {e}");
+                    tokio::time::sleep(Duration::from_millis(200) * attempt).await;
+                    attempt += 1;
+                }
+                Err(e) => return Err(e),
+            }
+        };
         let prefix = format!("sio-worker@{}:", self.app);
         let mut slots: Vec<u16> =
             rows.iter().filter_map(|r| r.0.strip_prefix(&prefix)?.strip_suffix(".service")?.parse().ok()).collect();
         slots.sort_unstable();
-        slots
+        Ok(slots)
     }
 
     /// Whether the master's own unit is being stopped for good (a stop job),

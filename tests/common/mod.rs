@@ -47,6 +47,23 @@ pub fn ensure_node_modules() {
         .expect("lock tests/node");
 }
 
+/// The agent binary of the previous bus protocol release, built once by
+/// `tests/previous-agent.sh` (which `.ci/run` also runs before the tests).
+pub fn previous_agent() -> PathBuf {
+    let lock = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o644)
+        .open(std::env::temp_dir().join("sio-previous-agent.lock"))
+        .unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| e).unwrap();
+    let out = Command::new(repo().join("tests/previous-agent.sh")).stderr(Stdio::inherit()).output().unwrap();
+    drop(held);
+    assert!(out.status.success(), "tests/previous-agent.sh failed");
+    PathBuf::from(String::from_utf8(out.stdout).unwrap().trim())
+}
+
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A unique app name per test (apps share the abstract socket namespace).
@@ -200,6 +217,27 @@ pub fn children_of(pid: u32) -> Vec<u32> {
 pub fn alive(pid: u32) -> bool {
     // A zombie is dead for our purposes.
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
+}
+
+/// Runs `tests/bus_probe.py` (hostile bus peers), as `uid` if given, and
+/// returns what it reported.
+pub fn bus_probe(uid: Option<u32>, args: &[&str]) -> Value {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("tests/bus_probe.py")).args(args).stdin(Stdio::null());
+    if let Some(uid) = uid {
+        cmd.uid(uid).gid(uid);
+    }
+    let out = cmd.output().expect("python3 is needed for the bus probes");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "bus_probe.py failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let line = stdout.lines().find_map(|l| l.strip_prefix("RESULT ")).expect("bus_probe.py reports");
+    serde_json::from_str(line).unwrap()
+}
+
+/// Open file descriptors of a process.
+pub fn open_fds(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd")).map(|d| d.count()).unwrap_or(0)
 }
 
 /// Resident memory of a process, in KiB.

@@ -106,7 +106,8 @@ async function handshake(port, extra = {}) {
   return JSON.parse(r.body.slice(1)).sid;
 }
 
-const pollPath = (sid) => `/socket.io/?EIO=4&transport=polling&sid=${sid}`;
+// As engine.io-client writes it: the sid percent-encoded (a no-op for base64url ids).
+const pollPath = (sid) => `/socket.io/?EIO=4&transport=polling&sid=${encodeURIComponent(sid)}`;
 
 module.exports.slotOf = slotOf;
 module.exports.request = request;

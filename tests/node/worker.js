@@ -12,7 +12,10 @@ const httpServer = createServer((req, res) => {
 const io = new Server(httpServer, { maxHttpBufferSize: 4e6 });
 // An app with its own session ids (no slot inside): routed by the table the
 // master learns from sticky's announcements.
-if (process.env.CUSTOM_IDS) io.engine.generateId = () => require("crypto").randomUUID();
+// CUSTOM_IDS=base64: ids in standard base64, whose `+` and `/` the client
+// percent-encodes in the query string.
+if (process.env.CUSTOM_IDS === "base64") io.engine.generateId = () => "a+b/" + require("crypto").randomBytes(12).toString("base64");
+else if (process.env.CUSTOM_IDS) io.engine.generateId = () => require("crypto").randomUUID();
 io.adapter(createAdapter());
 setupWorker(io);
 
@@ -39,6 +42,10 @@ io.on("connection", (socket) => {
     setTimeout(() => ack({ worker: me }), 200);
   });
   socket.on("to-room", (room, payload) => io.to(room).emit("room-msg", { from: me, payload }));
+  // The app's JavaScript gets stuck for good: its event loop never runs again.
+  socket.on("hang", () => {
+    for (;;) {}
+  });
 });
 
 io.on("ping", (from, cb) => cb({ pong: me, from }));
