@@ -264,29 +264,17 @@ fn a_hung_worker_is_killed_and_its_connections_are_served_by_the_others() {
 
 #[test]
 fn a_stalled_worker_does_not_block_the_relay() {
-    use std::io::{BufRead, BufReader};
     let app = App::start_with(3, json!({"limits": {"bus_queue_bytes": 2 << 20}}));
-    let mut flood = Command::new("node")
-        .arg(node_dir().join("flood.js"))
-        .args([&app.port.to_string(), "w3", "400"])
-        .current_dir(node_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(flood.stdout.take().unwrap()).lines();
-    let ready = lines.next().unwrap().unwrap();
+    let (mut flood, ready) = Scenario::start("flood.js", &[&app.port.to_string(), "w3", "400"]);
     assert!(ready.starts_with("READY ") && ready.contains("w3"), "{ready}");
     let w3 =
         app.status()["workers"].as_array().unwrap().iter().find(|w| w["slot"] == 3).unwrap()["pid"].as_u64().unwrap();
     let node3 = Pid::from_raw(children_of(w3 as u32)[0] as i32);
     kill(node3, Signal::SIGSTOP).unwrap();
-    writeln!(flood.stdin.as_mut().unwrap(), "go").unwrap();
-    let result = lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("flood.js reports");
+    flood.say("go");
+    let result = flood.result();
     let status = app.status();
     kill(node3, Signal::SIGCONT).unwrap();
-    let _ = flood.wait();
-    let result: serde_json::Value = serde_json::from_str(&result).unwrap();
     for pair in result["received"].as_array().unwrap() {
         assert_eq!(pair[1], 400, "every broadcast reached the workers that read: {result}");
     }
@@ -330,4 +318,19 @@ fn no_worker_ready_in_time_is_a_503_that_closes() {
     let s = app.status();
     assert_eq!(s["counters"]["answered_503"], 1, "{s}");
     assert_eq!(s["workers"][0]["state"], "connected", "{s}");
+}
+
+#[test]
+fn a_burst_with_half_its_connections_abandoned_mid_handoff_spreads_evenly() {
+    let app = App::start(2);
+    // 200 handshakes abandoned right after their head (half FIN, half RST)
+    // among 50 real clients; then, once the abandoned ones stopped counting
+    // as pending, 50 more.
+    let r = node("burst.js", &[&app.port.to_string(), "200", "50"]);
+    for phase in ["byWorker", "laterByWorker"] {
+        for w in ["w1", "w2"] {
+            let n = r[phase][w].as_u64().unwrap_or(0);
+            assert!((22..=28).contains(&n), "{phase}: within 10% of an even split: {r}");
+        }
+    }
 }

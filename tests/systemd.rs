@@ -121,14 +121,12 @@ fn master_restart_drops_no_connection_and_refuses_none() {
     std::thread::sleep(Duration::from_millis(500));
     let after = sb.wait_status(&app, "ready after restart", Duration::from_secs(20), ready(2));
     let r = holder.report();
-    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    let disconnects = total_disconnects(&r);
     assert_eq!(disconnects, 0, "{r}");
     assert_eq!(r["probes"]["failed"], 0, "every new connection during the restart succeeded: {r}");
     assert!(r["probes"]["ok"].as_u64().unwrap() >= 10, "{r}");
     assert_ne!(before["pid"], after["pid"], "a new master");
-    let pids =
-        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
-    assert_eq!(pids(&before), pids(&after), "the same workers, adopted");
+    assert_eq!(agent_pids(&before), agent_pids(&after), "the same workers, adopted");
     assert!(sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]).contains("adopting running workers"));
 }
 
@@ -204,13 +202,11 @@ fn a_hung_master_is_killed_by_the_watchdog_and_the_next_one_adopts_the_workers()
     assert!(sb.exec(&["kill", "-STOP", &pid]).status.success());
     let after =
         sb.wait_status(&app, "a new master", Duration::from_secs(20), |s| s["pid"] != before["pid"] && ready(2)(s));
-    let pids =
-        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
-    assert_eq!(pids(&before), pids(&after), "the workers were adopted, not restarted");
+    assert_eq!(agent_pids(&before), agent_pids(&after), "the workers were adopted, not restarted");
     let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
     assert!(log.contains("Watchdog timeout"), "{log}");
     let r = holder.report();
-    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    let disconnects = total_disconnects(&r);
     assert_eq!(disconnects, 0, "{r}");
 }
 
@@ -232,7 +228,7 @@ fn twenty_master_restarts_in_a_row_misroute_nothing_and_log_no_panic() {
     }
     sb.wait_status(&app, "ready after the restarts", Duration::from_secs(20), ready(2));
     let r = holder.report();
-    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    let disconnects = total_disconnects(&r);
     assert_eq!(disconnects, 0, "no session misrouted or dropped: {r}");
     assert_eq!(r["probes"]["failed"], 0, "every new connection during the restarts succeeded: {r}");
     assert!(r["probes"]["ok"].as_u64().unwrap() >= 20, "{r}");
@@ -259,28 +255,16 @@ fn agents_of_the_previous_protocol_release_work_with_this_master() {
     let after = sb.wait_status(&app, "adopted after a restart", Duration::from_secs(20), |s| {
         s["pid"] != before["pid"] && ready(2)(s)
     });
-    let pids =
-        |s: &serde_json::Value| s["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect::<Vec<_>>();
-    assert_eq!(pids(&before), pids(&after), "the previous release's agents were adopted");
+    assert_eq!(agent_pids(&before), agent_pids(&after), "the previous release's agents were adopted");
     let r = holder.report();
-    let disconnects: u64 = r["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum();
+    let disconnects = total_disconnects(&r);
     assert_eq!(disconnects, 0, "{r}");
 }
 
 #[test]
 fn chaos_a_worker_killed_every_few_seconds_costs_nothing_on_the_others() {
-    use std::io::{BufRead, BufReader, Write};
     let (sb, app, port) = running(3);
-    let mut chat = std::process::Command::new("node")
-        .arg(node_dir().join("chaos.js"))
-        .args([&port.to_string(), "300", "30"])
-        .current_dir(node_dir())
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(chat.stdout.take().unwrap()).lines();
-    let first = lines.next().unwrap().unwrap();
+    let (mut chat, first) = Scenario::start("chaos.js", &[&port.to_string(), "300", "30"]);
     assert!(first.starts_with("READY "), "{first}");
     // For a minute, SIGKILL the Node process of a worker every 3 s, chosen
     // by a fixed pseudo-random sequence (reproducible from run to run).
@@ -300,13 +284,11 @@ fn chaos_a_worker_killed_every_few_seconds_costs_nothing_on_the_others() {
         let agent = agent["pid"].as_u64().unwrap().to_string();
         if sb.exec(&["pkill", "-KILL", "-P", &agent]).status.success() {
             kills += 1;
-            writeln!(chat.stdin.as_mut().unwrap(), "kill w{slot}").unwrap();
+            chat.say(&format!("kill w{slot}"));
         }
     }
-    writeln!(chat.stdin.as_mut().unwrap(), "report").unwrap();
-    let r = lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("chaos.js reports");
-    let _ = chat.wait();
-    let r: serde_json::Value = serde_json::from_str(&r).unwrap();
+    chat.say("report");
+    let r = chat.result();
     println!("chaos: {r}");
     assert!(kills >= 10, "{kills} kills");
     assert_eq!(r["unexcusedCount"], 0, "clients of surviving workers stay connected: {r}");
@@ -315,4 +297,31 @@ fn chaos_a_worker_killed_every_few_seconds_costs_nothing_on_the_others() {
     assert_eq!(r["probes"]["failed"], 0, "every new client was served: {r}");
     assert_eq!(r["connectedAtEnd"], 300, "{r}");
     sb.wait_status(&app, "all workers back", Duration::from_secs(20), ready(3));
+}
+
+#[test]
+fn a_restart_replaying_40k_sessions_with_4k_requests_waiting_stays_inside_the_watchdog() {
+    ensure_node_modules();
+    let app = app_name();
+    let port = free_port();
+    let mut cfg = config(port, 2);
+    cfg["env"] = json!({"FAKE_SESSIONS": "20000"});
+    let sb = Sandbox::boot(&app, &[(&app, cfg)]);
+    sb.drop_in(&format!("sio@{app}.service"), "[Service]\nWatchdogSec=2s\n");
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    sb.wait_status(&app, "40k sessions announced", Duration::from_secs(60), |s| {
+        ready(2)(s) && s["sessions"].as_u64() == Some(40_000)
+    });
+    // The new master must learn 40k sessions from the agents' replay while
+    // 4,000 requests for them queue up (the socket's backlog holds them).
+    sb.systemctl(&["restart", "--no-block", &format!("sio@{app}.service")]);
+    let r = node("replay_wait.js", &[&port.to_string(), "4000", "2", "20000"]);
+    assert_eq!(r["counts"], json!({"right worker": 4000}), "every request reached its session's worker: {r}");
+    let s = sb.wait_status(&app, "40k sessions again", Duration::from_secs(30), |s| {
+        ready(2)(s) && s["sessions"].as_u64() == Some(40_000)
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(sb.status(&app).unwrap()["pid"], s["pid"], "the new master lives on");
+    let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
+    assert!(!log.contains("Watchdog timeout"), "{log}");
 }

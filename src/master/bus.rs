@@ -36,6 +36,8 @@ const CONTROL_IDLE: Duration = Duration::from_secs(60);
 /// Bus connections a uid other than root's or the master's may hold at
 /// once (saying hello, or as operators): each costs the master an fd.
 const MAX_CONNECTIONS_PER_UID: usize = 32;
+/// Frames from one agent handled before letting the other tasks run.
+const FRAMES_PER_TURN: u32 = 64;
 /// Warnings about one kind of misbehaving peer are rate-limited to one per this.
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -229,7 +231,15 @@ impl Master {
 
     async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader) {
         let drop_warning = RateLimit::default();
+        let mut served: u32 = 0;
         loop {
+            // Frames already buffered come without awaiting anything: a
+            // replay of tens of thousands of sessions would otherwise hold
+            // the loop (no accepts, no watchdog pings) until it is done.
+            served = served.wrapping_add(1);
+            if served % FRAMES_PER_TURN == 0 {
+                tokio::task::yield_now().await;
+            }
             let body = match reader.next(link).await {
                 Ok(Some(body)) => body,
                 Ok(None) => return,

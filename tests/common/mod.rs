@@ -267,53 +267,82 @@ pub fn node(script: &str, args: &[&str]) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
-/// `tests/node/hold.js`: clients that stay connected while a test changes
-/// things under them.
-pub struct Holder {
+/// A Node scenario from `tests/node` driven line by line: it prints one
+/// line once set up (returned by `start`), takes commands on stdin, and
+/// ends with a `RESULT <json>` line.
+pub struct Scenario {
     child: Child,
     lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
-    /// Clients per worker when they connected.
-    pub by_worker: Value,
 }
 
-impl Holder {
-    pub fn start(port: u16, clients: usize, transports: &str) -> Holder {
+impl Scenario {
+    pub fn start(script: &str, args: &[&str]) -> (Scenario, String) {
         use std::io::BufRead;
         ensure_node_modules();
         let mut child = Command::new("node")
-            .arg(node_dir().join("hold.js"))
-            .args([port.to_string(), clients.to_string(), transports.to_owned()])
+            .arg(node_dir().join(script))
+            .args(args)
             .current_dir(node_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-        let ready = lines.next().expect("hold.js says READY").unwrap();
-        let by_worker =
-            serde_json::from_str::<Value>(ready.strip_prefix("READY ").unwrap_or_else(|| panic!("{ready}"))).unwrap()
-                ["byWorker"]
-                .clone();
-        Holder { child, lines, by_worker }
+        let first = lines.next().unwrap_or_else(|| panic!("{script} said nothing")).unwrap();
+        (Scenario { child, lines }, first)
     }
 
-    fn say(&mut self, line: &str) {
+    pub fn say(&mut self, line: &str) {
         use std::io::Write;
         writeln!(self.child.stdin.as_mut().unwrap(), "{line}").unwrap();
     }
 
-    /// Starts opening fresh connections continuously.
-    pub fn probe(&mut self) {
-        self.say("probe");
-    }
-
-    pub fn report(mut self) -> Value {
-        self.say("report");
+    /// Waits for the scenario's result, and for it to exit.
+    pub fn result(mut self) -> Value {
         let line =
-            self.lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("hold.js reports");
+            self.lines.find_map(|l| l.ok()?.strip_prefix("RESULT ").map(str::to_owned)).expect("the scenario reports");
         let _ = self.child.wait();
         serde_json::from_str(&line).unwrap()
     }
+}
+
+/// `tests/node/hold.js`: clients that stay connected while a test changes
+/// things under them.
+pub struct Holder {
+    scenario: Scenario,
+    /// Clients per worker when they connected.
+    pub by_worker: Value,
+}
+
+impl Holder {
+    pub fn start(port: u16, clients: usize, transports: &str) -> Holder {
+        let (scenario, ready) = Scenario::start("hold.js", &[&port.to_string(), &clients.to_string(), transports]);
+        let by_worker =
+            serde_json::from_str::<Value>(ready.strip_prefix("READY ").unwrap_or_else(|| panic!("{ready}"))).unwrap()
+                ["byWorker"]
+                .clone();
+        Holder { scenario, by_worker }
+    }
+
+    /// Starts opening fresh connections continuously.
+    pub fn probe(&mut self) {
+        self.scenario.say("probe");
+    }
+
+    pub fn report(mut self) -> Value {
+        self.scenario.say("report");
+        self.scenario.result()
+    }
+}
+
+/// Disconnects of all the clients in a `hold.js` report.
+pub fn total_disconnects(report: &Value) -> u64 {
+    report["clients"].as_array().unwrap().iter().map(|c| c["disconnects"].as_u64().unwrap()).sum()
+}
+
+/// The agents' pids in a status, worker by worker.
+pub fn agent_pids(status: &Value) -> Vec<Value> {
+    status["workers"].as_array().unwrap().iter().map(|w| w["pid"].clone()).collect()
 }
 
 /// Disconnects of the clients that first connected to `worker` (e.g. "w1").

@@ -20,6 +20,15 @@ io.adapter(createAdapter());
 setupWorker(io);
 
 const me = `w${require("cluster").worker.id}`;
+// Which worker answered, on every response (engine.io's own errors too).
+httpServer.prependListener("request", (req, res) => res.setHeader("X-Sio-Worker", me));
+
+// FAKE_SESSIONS=N: announce N foreign sessions the way sticky does, so that
+// a master restart has them to replay (they do not exist in engine.io: a
+// request for one is answered "Session ID unknown", by this worker).
+for (let i = 0; i < Number(process.env.FAKE_SESSIONS || 0); i++) {
+  process.send({ type: "sticky:connection", data: `fake-${me}-${i}` });
+}
 
 io.on("connection", (socket) => {
   socket.emit("welcome", { worker: me, pid: process.pid, sid: socket.conn.id });
