@@ -118,6 +118,9 @@ pub struct Status {
     /// Heap bytes the master has in use (counted by its allocator).
     #[serde(default)]
     pub heap_bytes: Option<u64>,
+    /// Workers whose units failed for good (systemd gave up restarting them).
+    #[serde(default)]
+    pub failed: Vec<u16>,
     pub counters: Counters,
 }
 
@@ -129,7 +132,12 @@ impl Status {
     /// The one line systemd shows (`STATUS=`) and `sioctl status` starts with.
     pub fn summary(&self) -> String {
         let draining = self.workers.iter().filter(|w| w.state == WorkerState::Draining).count();
-        format!("{} workers ready, {} sessions, {} draining", self.ready_workers(), self.sessions, draining)
+        let mut line =
+            format!("{} workers ready, {} sessions, {} draining", self.ready_workers(), self.sessions, draining);
+        if !self.failed.is_empty() {
+            line.push_str(&format!(", {} failed", self.failed.len()));
+        }
+        line
     }
 }
 

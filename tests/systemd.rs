@@ -325,3 +325,34 @@ fn a_restart_replaying_40k_sessions_with_4k_requests_waiting_stays_inside_the_wa
     let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
     assert!(!log.contains("Watchdog timeout"), "{log}");
 }
+
+#[test]
+fn a_worker_unit_that_fails_for_good_is_reported_and_its_sessions_go_to_the_others() {
+    let (sb, app, port) = booted(2);
+    let limit = "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=3\n";
+    sb.drop_in(&format!("sio-worker@{app}:2.service"), limit);
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let status = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let sid = node("poll.js", &["handshake", &port.to_string(), "2"])["sid"].as_str().unwrap().to_owned();
+    // Worker 2 breaks for good: its program can no longer start, then it dies.
+    sb.drop_in(
+        &format!("sio-worker@{app}:2.service"),
+        &format!("{limit}[Service]\nExecStart=\nExecStart=/bin/false\n"),
+    );
+    let agent2 = status["workers"][1]["pid"].as_u64().unwrap().to_string();
+    assert!(sb.exec(&["kill", "-KILL", &agent2]).status.success());
+    let s = sb.wait_status(&app, "worker 2 reported failed", Duration::from_secs(30), |s| s["failed"] == json!([2]));
+    assert_eq!(s["workers"].as_array().unwrap().len(), 1, "worker 2 no longer counts as starting: {s}");
+    let show = sb.systemctl(&["show", &format!("sio@{app}.service"), "-p", "StatusText"]);
+    assert!(show.contains("1 failed"), "{show}");
+    assert!(sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]).contains("worker 2 failed for good"));
+    // Its session is gone: a poll of it is answered by worker 1 at once,
+    // not held for worker 2 until a 503.
+    let r = node("poll.js", &["get", &port.to_string(), &sid]);
+    assert_eq!((r["status"].as_u64(), r["worker"].as_str()), (Some(400), Some("w1")), "{r}");
+    assert!(r["ms"].as_u64().unwrap() < 2000, "{r}");
+    // A scale brings a worker back in that slot.
+    sb.drop_in(&format!("sio-worker@{app}:2.service"), limit);
+    sioctl_ok(&sb, &["scale", &app, "2"]);
+    sb.wait_status(&app, "2 ready again", Duration::from_secs(30), |s| ready(2)(s) && s["failed"] == json!([]));
+}

@@ -16,6 +16,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tracing::{error, info};
 
+/// How often the master asks whether a worker unit failed for good.
+const FAILURE_CHECK_EVERY: Duration = Duration::from_secs(2);
+
 /// Where the worker count set by `sioctl scale` is kept across restarts:
 /// `$SIO_STATE_DIR`, or systemd's `StateDirectory=`. Without either
 /// (`sio up`), a scale lasts as long as the master.
@@ -100,6 +103,7 @@ impl Master {
     }
 
     async fn start_and_wait(&self, slot: u16) -> Result<(), String> {
+        self.st.borrow_mut().failed_workers.remove(&slot);
         if let Err(e) = self.supervisor.start(&self.cfg, slot).await {
             self.st.borrow_mut().router.forget(slot);
             return Err(e);
@@ -182,6 +186,27 @@ impl Master {
         Ok(format!("reloaded {} workers", old.len()))
     }
 
+    /// A worker whose unit failed for good (systemd hit its start limit)
+    /// is reported and forgotten, rather than counted as starting forever:
+    /// its sessions' requests go to the others at once instead of waiting
+    /// for it and getting a 503. A scale or reload brings a new one.
+    pub(super) async fn watch_failures(self: Rc<Self>) {
+        loop {
+            tokio::time::sleep(FAILURE_CHECK_EVERY).await;
+            for slot in self.supervisor.failed().await {
+                let mut st = self.st.borrow_mut();
+                if st.router.state(slot) != Some(WorkerState::Starting) || st.peers.contains_key(&slot) {
+                    continue;
+                }
+                st.router.forget(slot);
+                st.failed_workers.insert(slot);
+                drop(st);
+                error!(app = %self.cfg.app, worker = slot, "worker {slot} failed for good: systemd gave up restarting it (journalctl -u {}); its sessions go to the other workers", crate::systemd::worker_unit(&self.cfg.app, slot));
+                self.worker_changed();
+            }
+        }
+    }
+
     /// Under systemd: `READY=1` once the configured workers are ready, a
     /// `STATUS=` line whenever it changes, `WATCHDOG=1` from this event loop.
     pub(super) async fn report_to_systemd(self: Rc<Self>) {
@@ -202,7 +227,9 @@ impl Master {
         loop {
             let status = self.status();
             let summary = status.summary();
-            if !ready_sent && status.ready_workers() >= usize::from(self.desired.get()) {
+            // A worker that failed for good will not be ready: the app is
+            // up (degraded, which STATUS= says) with the others.
+            if !ready_sent && status.ready_workers() + status.failed.len() >= usize::from(self.desired.get()) {
                 notify::ready(&summary);
                 ready_sent = true;
                 last = summary;

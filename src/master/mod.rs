@@ -29,7 +29,7 @@ use crate::shutdown::Shutdown;
 use crate::wire::ToAgent;
 use router::{Route, Router};
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
 use std::rc::Rc;
@@ -127,6 +127,8 @@ struct State {
     lingering: usize,
     /// Bus connections per uid other than root's and the master's.
     bus_connections_by_uid: HashMap<u32, usize>,
+    /// Slots whose units failed for good (forgotten by the router).
+    failed_workers: BTreeSet<u16>,
     counters: Counters,
 }
 
@@ -147,6 +149,7 @@ impl Default for State {
             reading_heads: 0,
             lingering: 0,
             bus_connections_by_uid: HashMap::new(),
+            failed_workers: BTreeSet::new(),
             counters: Counters::default(),
         }
     }
@@ -289,6 +292,7 @@ impl Master {
             tokio::task::spawn_local(self.clone().bus_loop(bus)),
             tokio::task::spawn_local(self.clone().expire_waiting()),
             tokio::task::spawn_local(self.clone().report_to_systemd()),
+            tokio::task::spawn_local(self.clone().watch_failures()),
             tokio::task::spawn_local(self.clone().bring_up()),
         ];
         shutdown.recv().await;
@@ -570,6 +574,7 @@ impl Master {
             waiting: st.waiting_count(),
             in_flight: st.in_flight,
             heap_bytes: crate::heap::in_use(),
+            failed: st.failed_workers.iter().copied().collect(),
             counters: st.counters.clone(),
         }
     }

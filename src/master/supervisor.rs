@@ -58,6 +58,15 @@ impl Supervisor {
         }
     }
 
+    /// Workers whose supervisor gave up restarting them. `sio up` never
+    /// gives up (it backs off instead).
+    pub async fn failed(&self) -> Vec<u16> {
+        match self {
+            Supervisor::Embedded(_) => Vec::new(),
+            Supervisor::Systemd(w) => w.failed_slots().await.unwrap_or_default(),
+        }
+    }
+
     /// Starts the worker of `slot` (and keeps it running).
     pub async fn start(&self, cfg: &AppConfig, slot: u16) -> Result<(), String> {
         match self {

@@ -84,7 +84,11 @@ impl Workers {
     }
 
     pub async fn start(&self, slot: u16) -> Result<(), String> {
-        self.job(&worker_unit(&self.app, slot), true).await
+        let unit = worker_unit(&self.app, slot);
+        // A slot whose unit once failed for good is used again: clear its
+        // start limit (an error only means there was nothing to clear).
+        let _ = self.manager.reset_failed_unit(&unit).await;
+        self.job(&unit, true).await
     }
 
     pub async fn stop(&self, slot: u16) -> Result<(), String> {
@@ -95,12 +99,10 @@ impl Workers {
     /// the workers to adopt). A failed listing is tried again: taking it for
     /// "no workers" would treat every live session as lost.
     pub async fn live_slots(&self) -> zbus::Result<Vec<u16>> {
-        let pattern = format!("sio-worker@{}:*.service", self.app);
         let mut attempt = 1;
-        let rows = loop {
-            match self.manager.list_units_by_patterns(&["active", "activating", "reloading"], &[pattern.as_str()]).await
-            {
-                Ok(rows) => break rows,
+        loop {
+            match self.slots_in(&["active", "activating", "reloading"]).await {
+                Ok(slots) => return Ok(slots),
                 Err(e) if attempt < LIST_ATTEMPTS => {
                     tracing::warn!(app = %self.app, attempt, "cannot list the worker units yet: {e}");
                     tokio::time::sleep(Duration::from_millis(200) * attempt).await;
@@ -108,7 +110,19 @@ impl Workers {
                 }
                 Err(e) => return Err(e),
             }
-        };
+        }
+    }
+
+    /// Slots whose units failed for good: systemd stopped restarting them
+    /// (their start limit was hit).
+    pub async fn failed_slots(&self) -> zbus::Result<Vec<u16>> {
+        self.slots_in(&["failed"]).await
+    }
+
+    /// Slots of this app's worker units in one of `states`, sorted.
+    async fn slots_in(&self, states: &[&str]) -> zbus::Result<Vec<u16>> {
+        let pattern = format!("sio-worker@{}:*.service", self.app);
+        let rows = self.manager.list_units_by_patterns(states, &[pattern.as_str()]).await?;
         let prefix = format!("sio-worker@{}:", self.app);
         let mut slots: Vec<u16> =
             rows.iter().filter_map(|r| r.0.strip_prefix(&prefix)?.strip_suffix(".service")?.parse().ok()).collect();
