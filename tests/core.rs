@@ -139,3 +139,15 @@ fn a_worker_that_disconnects_from_the_cluster_is_replaced() {
     }
     app.wait_ready(1, std::time::Duration::from_secs(15));
 }
+
+#[test]
+fn a_worker_that_sends_its_parent_a_handle_keeps_talking_to_the_cluster() {
+    // Node holds every message after a handle until the parent answers it:
+    // unanswered, the worker's announcements and adapter frames never leave.
+    let app = App::start_with(2, serde_json::json!({"env": {"SEND_HANDLE": "1"}}));
+    let r = node("cluster.js", &[&app.port.to_string()]);
+    for (w, reached) in r["emitReachesAll"].as_object().unwrap() {
+        assert_eq!(reached, &r["clients"], "io.emit from {w}: {r}");
+    }
+    assert!(app.log().contains("the worker sent a handle to its parent"), "{}", app.log());
+}

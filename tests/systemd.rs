@@ -66,6 +66,19 @@ fn socket_activation_starts_the_master_and_its_workers() {
     assert!(logs.contains(&format!("sio-worker@{app}:1")), "{logs}");
 }
 
+#[test]
+fn a_burst_at_socket_activation_spreads_over_every_configured_worker() {
+    // The first worker ready would otherwise take the whole burst while the
+    // second is still starting.
+    let (sb, app, port) = booted(2);
+    sb.systemctl(&["start", &format!("sio@{app}.socket")]);
+    let r = node("mid_handoff.js", &[&port.to_string(), "20"]);
+    for slot in ["slot 1", "slot 2"] {
+        let n = r["counts"][slot].as_u64().unwrap_or(0);
+        assert!(n >= 7, "{slot} got {n} of the 20: {r}");
+    }
+}
+
 /// A sandbox with APP's socket started and its workers ready.
 fn running(instances: u16) -> (Sandbox, String, u16) {
     let (sb, app, port) = booted(instances);

@@ -64,8 +64,9 @@ const ANNOUNCEMENT_WAIT: Duration = Duration::from_millis(500);
 
 /// Right after start, how long new sessions wait for the rest of the
 /// configured workers once the first is ready (so that a burst does not
-/// all land on the worker that happened to be ready first).
-const STARTUP_HOLD: Duration = Duration::from_secs(1);
+/// all land on the worker that happened to be ready first). Node workers
+/// start within a second or two of each other on a loaded machine.
+const STARTUP_HOLD: Duration = Duration::from_secs(3);
 
 /// Waiting connections are expired at most this late: the expiry scan
 /// runs at most this often however many distinct deadlines there are.

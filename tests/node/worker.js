@@ -68,6 +68,15 @@ if (process.env.DISCONNECT_AFTER_MS) {
   }, Number(process.env.DISCONNECT_AFTER_MS));
 }
 
+// SEND_HANDLE: the app passes a handle to its parent (process.send with a
+// server), which Node's sender holds every later message behind until the
+// parent answers it.
+if (process.env.SEND_HANDLE) {
+  const server = require("net").createServer();
+  // exclusive: bound by the worker itself, not through cluster's primary.
+  server.listen({ port: 0, host: "127.0.0.1", exclusive: true }, () => process.send({ type: "app:handle" }, server));
+}
+
 // Some apps also call listen() out of habit: under a cluster parent that
 // asks the primary (queryServer) and must still work.
 if (process.env.CALL_LISTEN) {
