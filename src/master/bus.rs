@@ -197,7 +197,9 @@ impl Master {
                 let me = nix::unistd::geteuid().as_raw();
                 if !Master::trusted_uid(creds.uid()) {
                     self.st.borrow_mut().counters.refused_peers += 1;
-                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
+                    if self.warned.foreign_agent.due() {
+                        warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
+                    }
                     return refuse(&link, "permission denied: uid not allowed to serve this app");
                 }
                 drop(place);

@@ -213,6 +213,7 @@ impl State {
 #[derive(Default)]
 struct Warnings {
     too_many_connections: bus::RateLimit,
+    foreign_agent: bus::RateLimit,
     silent_peer: bus::RateLimit,
     bad_hello: bus::RateLimit,
 }
