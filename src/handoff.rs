@@ -41,6 +41,10 @@ pub struct Link {
     stream: UnixStream,
     queue: RefCell<VecDeque<Outgoing>>,
     queued_bytes: Cell<usize>,
+    /// Bytes ever queued and ever written: a position in the stream (see
+    /// [`Link::position`]).
+    queued_total: Cell<u64>,
+    written_total: Cell<u64>,
     wake_writer: Notify,
     /// Woken when queued bytes were written (see [`Link::drained`]).
     drained: Notify,
@@ -106,6 +110,8 @@ impl Link {
             stream,
             queue: RefCell::default(),
             queued_bytes: Cell::new(0),
+            queued_total: Cell::new(0),
+            written_total: Cell::new(0),
             wake_writer: Notify::new(),
             drained: Notify::new(),
             closed: Cell::new(false),
@@ -120,6 +126,24 @@ impl Link {
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// Where the stream ends once what is queued now is written: pass it to
+    /// [`Link::written_through`].
+    pub fn position(&self) -> u64 {
+        self.queued_total.get()
+    }
+
+    /// Returns once the stream up to `position` is in the kernel (then it
+    /// reaches the peer even if this process dies), or the link closed.
+    pub async fn written_through(&self, position: u64) {
+        loop {
+            let progress = self.drained.notified();
+            if self.closed.get() || self.written_total.get() >= position {
+                return;
+            }
+            progress.await;
+        }
     }
 
     /// Marks the link dead: queued items are dropped (fds closed), further
@@ -144,6 +168,7 @@ impl Link {
             return;
         }
         self.queued_bytes.set(self.queued_bytes.get() + data.len());
+        self.queued_total.set(self.queued_total.get() + data.len() as u64);
         let was_empty = {
             let mut q = self.queue.borrow_mut();
             q.push_back(Outgoing { data, written: 0, fd });
@@ -186,6 +211,7 @@ impl Link {
                 Ok(n) => {
                     item.written += n;
                     self.queued_bytes.set(self.queued_bytes.get() - n);
+                    self.written_total.set(self.written_total.get() + n as u64);
                     self.drained.notify_waiters();
                     if item.written == item.data.len() {
                         q.pop_front();

@@ -4,6 +4,8 @@
 //! on stderr. `SIO_LOG` filters (`info` by default; `debug` shows every
 //! routing decision and its sid).
 
+use std::cell::Cell;
+use std::time::{Duration, Instant};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
@@ -24,5 +26,25 @@ pub fn init() {
                 .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
                 .try_init();
         }
+    }
+}
+
+/// Warnings about one kind of misbehaving peer (or one kind of loss) are
+/// rate-limited to one per this.
+const WARN_EVERY: Duration = Duration::from_secs(10);
+
+/// A warning that is logged at most once per [`WARN_EVERY`], so that a
+/// hostile peer cannot flood the journal.
+#[derive(Default)]
+pub struct RateLimit(Cell<Option<Instant>>);
+
+impl RateLimit {
+    pub fn due(&self) -> bool {
+        let now = Instant::now();
+        let due = self.0.get().is_none_or(|t| now.duration_since(t) > WARN_EVERY);
+        if due {
+            self.0.set(Some(now));
+        }
+        due
     }
 }

@@ -26,8 +26,11 @@
 use crate::nodeipc::AdapterHeader;
 use std::fmt;
 
-/// The newest bus protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+/// The newest bus protocol this build speaks. Version 2 numbers
+/// broadcasts so that none is lost or repeated when the master dies
+/// ([`ToMaster::Broadcast`], [`ToAgent::Relayed`], [`ToAgent::Acked`]);
+/// the master sends version 1 peers what version 1 knows.
+pub const PROTOCOL_VERSION: u16 = 2;
 /// The oldest bus protocol this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -77,6 +80,15 @@ pub enum ToMaster {
     },
     /// A JSON request from `sioctl`.
     Control(Vec<u8>),
+    /// Version 2's [`ToMaster::Adapter`]: numbered by the agent (from 1,
+    /// per agent process) and kept until the master acknowledges it
+    /// ([`ToAgent::Acked`]), then sent again to the next master if this
+    /// one dies first.
+    Broadcast {
+        seq: u64,
+        header: AdapterHeader,
+        frame: Vec<u8>,
+    },
 }
 
 /// Frames from the master.
@@ -92,6 +104,17 @@ pub enum ToAgent {
     Adapter(Vec<u8>),
     /// A JSON answer to a control request.
     ControlReply(Vec<u8>),
+    /// Version 2's [`ToAgent::Adapter`] for a [`ToMaster::Broadcast`]: from
+    /// the agent whose pid (the kernel's) is `origin`, so that a receiver
+    /// can drop what a dead master's successor relays again.
+    Relayed {
+        origin: u32,
+        seq: u64,
+        frame: Vec<u8>,
+    },
+    /// Every [`ToMaster::Broadcast`] up to `seq` reached the sockets of
+    /// every worker it was for: the agent may forget them.
+    Acked(u64),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +169,13 @@ impl<'a> Writer<'a> {
         self.out.extend_from_slice(b);
         self
     }
+    fn adapter(&mut self, header: &AdapterHeader) -> &mut Self {
+        self.u32(header.kind).str(&header.uid).str(&header.nsp);
+        match &header.requester_uid {
+            Some(r) => self.rest(&[1]).str(r),
+            None => self.rest(&[0]),
+        }
+    }
 }
 
 impl Drop for Writer<'_> {
@@ -191,6 +221,9 @@ impl<'a> Reader<'a> {
             _ => self.str().map(Some),
         }
     }
+    fn adapter(&mut self) -> Result<AdapterHeader, WireError> {
+        Ok(AdapterHeader { kind: self.u32()?, uid: self.str()?, nsp: self.str()?, requester_uid: self.opt_str()? })
+    }
     fn rest(&mut self) -> Vec<u8> {
         std::mem::take(&mut self.b).to_vec()
     }
@@ -231,13 +264,10 @@ impl ToMaster {
             ToMaster::HandoffDone(id) => drop(Writer::begin(out, 5).u64(*id)),
             ToMaster::HandoffFailed(id) => drop(Writer::begin(out, 6).u64(*id)),
             ToMaster::Adapter { header, frame } => {
-                let mut w = Writer::begin(out, 7);
-                w.u32(header.kind).str(&header.uid).str(&header.nsp);
-                match &header.requester_uid {
-                    Some(r) => w.rest(&[1]).str(r),
-                    None => w.rest(&[0]),
-                };
-                w.rest(frame);
+                Writer::begin(out, 7).adapter(header).rest(frame);
+            }
+            ToMaster::Broadcast { seq, header, frame } => {
+                Writer::begin(out, 10).u64(*seq).adapter(header).rest(frame);
             }
             ToMaster::AdapterSeen { uid, nsp } => drop(Writer::begin(out, 8).str(uid).str(nsp)),
             ToMaster::Control(json) => drop(Writer::begin(out, 9).rest(json)),
@@ -262,13 +292,10 @@ impl ToMaster {
             4 => ToMaster::SessionClosed(r.str()?),
             5 => ToMaster::HandoffDone(r.u64()?),
             6 => ToMaster::HandoffFailed(r.u64()?),
-            7 => {
-                let header =
-                    AdapterHeader { kind: r.u32()?, uid: r.str()?, nsp: r.str()?, requester_uid: r.opt_str()? };
-                ToMaster::Adapter { header, frame: r.rest() }
-            }
+            7 => ToMaster::Adapter { header: r.adapter()?, frame: r.rest() },
             8 => ToMaster::AdapterSeen { uid: r.str()?, nsp: r.str()? },
             9 => ToMaster::Control(r.rest()),
+            10 => ToMaster::Broadcast { seq: r.u64()?, header: r.adapter()?, frame: r.rest() },
             t => return Err(WireError::UnknownTag(t)),
         };
         r.done(msg)
@@ -283,6 +310,8 @@ impl ToAgent {
             ToAgent::Handoff(id) => drop(Writer::begin(out, 3).u64(*id)),
             ToAgent::Adapter(frame) => drop(Writer::begin(out, 4).rest(frame)),
             ToAgent::ControlReply(json) => drop(Writer::begin(out, 5).rest(json)),
+            ToAgent::Relayed { origin, seq, frame } => drop(Writer::begin(out, 6).u32(*origin).u64(*seq).rest(frame)),
+            ToAgent::Acked(seq) => drop(Writer::begin(out, 7).u64(*seq)),
         }
     }
 
@@ -298,6 +327,8 @@ impl ToAgent {
             3 => ToAgent::Handoff(r.u64()?),
             4 => ToAgent::Adapter(r.rest()),
             5 => ToAgent::ControlReply(r.rest()),
+            6 => ToAgent::Relayed { origin: r.u32()?, seq: r.u64()?, frame: r.rest() },
+            7 => ToAgent::Acked(r.u64()?),
             t => return Err(WireError::UnknownTag(t)),
         };
         r.done(msg)
@@ -334,12 +365,19 @@ mod tests {
         });
         roundtrip_up(ToMaster::AdapterSeen { uid: "a".into(), nsp: "/x".into() });
         roundtrip_up(ToMaster::Control(b"{}".to_vec()));
+        roundtrip_up(ToMaster::Broadcast {
+            seq: 7,
+            header: AdapterHeader { kind: 2, uid: "a".into(), nsp: "/".into(), requester_uid: None },
+            frame: vec![4, 5],
+        });
         for m in [
             ToAgent::Welcome { version: 1 },
             ToAgent::Refused("no".into()),
             ToAgent::Handoff(9),
             ToAgent::Adapter(vec![0; 10]),
             ToAgent::ControlReply(b"[]".to_vec()),
+            ToAgent::Relayed { origin: 42, seq: u64::MAX, frame: vec![1] },
+            ToAgent::Acked(3),
         ] {
             let f = m.to_frame();
             assert_eq!(ToAgent::decode(body(&f)).unwrap(), m);
@@ -390,6 +428,27 @@ mod tests {
             (ToAgent::Handoff(3), b"\x09\0\0\0\x03\x03\0\0\0\0\0\0\0"),
             (ToAgent::Adapter(vec![1, 2]), b"\x03\0\0\0\x04\x01\x02"),
             (ToAgent::ControlReply(b"[]".to_vec()), b"\x03\0\0\0\x05[]"),
+        ];
+        for (msg, bytes) in down {
+            assert_eq!(&msg.to_frame(), bytes, "{msg:?}");
+            assert_eq!(&ToAgent::decode(&bytes[4..]).unwrap(), msg);
+        }
+    }
+
+    /// The frames version 2 added (version 1's stay as pinned above).
+    #[test]
+    fn version_2_frames_are_pinned() {
+        let header = AdapterHeader { kind: 2, uid: "a".into(), nsp: "/".into(), requester_uid: None };
+        let frame = ToMaster::Broadcast { seq: 3, header, frame: vec![9] };
+        let bytes: &[u8] = b"\x19\0\0\0\x0a\x03\0\0\0\0\0\0\0\x02\0\0\0\x01\0\0\0a\x01\0\0\0/\0\x09";
+        assert_eq!(frame.to_frame(), bytes);
+        assert_eq!(ToMaster::decode(&bytes[4..]).unwrap(), frame);
+        let down: &[(ToAgent, &[u8])] = &[
+            (
+                ToAgent::Relayed { origin: 42, seq: 3, frame: vec![9] },
+                b"\x0e\0\0\0\x06\x2a\0\0\0\x03\0\0\0\0\0\0\0\x09",
+            ),
+            (ToAgent::Acked(258), b"\x09\0\0\0\x07\x02\x01\0\0\0\0\0\0"),
         ];
         for (msg, bytes) in down {
             assert_eq!(&msg.to_frame(), bytes, "{msg:?}");

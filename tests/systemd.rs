@@ -369,3 +369,46 @@ fn a_worker_unit_that_fails_for_good_is_reported_and_its_sessions_go_to_the_othe
     sioctl_ok(&sb, &["scale", &app, "2"]);
     sb.wait_status(&app, "2 ready again", Duration::from_secs(30), |s| ready(2)(s) && s["failed"] == json!([]));
 }
+
+#[test]
+fn chaos_the_master_sigkilled_in_a_loop_loses_no_client_and_no_broadcast() {
+    let (sb, app, port) = booted(3);
+    // Killed every 3 s for a minute: systemd's start limit would give up.
+    sb.drop_in(&format!("sio@{app}.service"), "[Unit]\nStartLimitIntervalSec=0\n[Service]\nRestartSec=300ms\n");
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(3));
+    let (mut chat, first) = Scenario::start("chaos.js", &[&port.to_string(), "300", "30"]);
+    assert!(first.starts_with("READY "), "{first}");
+    // A master kill excuses nothing in chaos.js's report: every client stays
+    // connected, every broadcast arrives, every new client is served.
+    let t0 = std::time::Instant::now();
+    let mut kills = 0;
+    let mut killed = serde_json::Value::Null;
+    while t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(2500 + 250 * (kills % 3)));
+        let Some(status) = sb.status(&app) else { continue };
+        if status["pid"] == killed {
+            continue; // the last kill's successor has not answered yet
+        }
+        let pid = status["pid"].as_u64().unwrap().to_string();
+        if sb.exec(&["kill", "-KILL", &pid]).status.success() {
+            kills += 1;
+            killed = status["pid"].clone();
+            chat.say("kill master");
+        }
+    }
+    let after = sb.wait_status(&app, "a master with every worker", Duration::from_secs(20), |s| {
+        s["pid"] != killed && ready(3)(s)
+    });
+    chat.say("report");
+    let r = chat.result();
+    println!("master chaos: {r}");
+    assert!(kills >= 15, "{kills} kills");
+    assert_eq!(agent_pids(&before), agent_pids(&after), "the workers were adopted every time, never restarted");
+    assert_eq!(r["disconnects"], 0, "no client was disconnected: {r}");
+    assert_eq!(r["lostCount"], 0, "every broadcast reached every client: {r}");
+    assert_eq!(r["duplicates"], 0, "and none twice: {r}");
+    assert!(r["expected"].as_u64().unwrap() > 100_000, "{r}");
+    assert_eq!(r["probes"]["failed"], 0, "every new client was served: {r}");
+    assert_eq!(r["connectedAtEnd"], 300, "{r}");
+}

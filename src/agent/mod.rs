@@ -7,25 +7,29 @@
 //!   `setupWorker` accepts to run) and the preload (`preload.js`).
 //! * Connections from the master become `sticky:connection` handles, one in
 //!   flight at a time; each is confirmed to the master once Node has it.
-//! * Cluster-adapter frames go to the master to be relayed; frames from the
-//!   master go to Node byte for byte.
+//! * Cluster-adapter frames go to the master to be relayed, numbered and
+//!   kept until the master acknowledges them (see [`relay`]); frames from
+//!   the master go to Node byte for byte, each once.
 //! * The worker outlives the master: when the bus goes away the agent
 //!   reconnects and tells the new master what it holds (ready, sessions,
 //!   adapters). It exits when its Node worker exits, with the worker's
 //!   status, so that its supervisor restarts it.
 
 mod preload;
+mod relay;
 
 use crate::config::AppConfig;
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, OwnedLink, Prefix};
+use crate::logging::RateLimit;
 use crate::master::connect_bus;
 use crate::nodeipc::{self, channel::ChildEnd, channel::NodeChannel, FromChild};
 use crate::shutdown::termination_signal;
 use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
+use relay::{Delivered, Unacked};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashSet};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::rc::Rc;
@@ -59,15 +63,18 @@ impl Exit {
 }
 
 /// What the agent tells a (new) master about its worker.
-#[derive(Default)]
 struct Held {
     ready: bool,
     sessions: HashSet<String>,
     adapters: BTreeSet<(String, String)>,
     master: Option<Rc<Link>>,
-    /// Adapter frames produced while no master was connected (bounded).
-    backlog: VecDeque<Vec<u8>>,
-    backlog_bytes: usize,
+    /// The bus protocol spoken with `master`.
+    version: u16,
+    /// Broadcasts the master has not acknowledged, or that were produced
+    /// while no master was connected.
+    unacked: Unacked,
+    /// Broadcasts from other workers already given to Node.
+    delivered: Delivered,
 }
 
 struct Agent {
@@ -75,6 +82,7 @@ struct Agent {
     slot: u16,
     node: Rc<NodeChannel>,
     held: RefCell<Held>,
+    lost_broadcasts: RateLimit,
     /// Small messages to the master (handoff confirmations, session
     /// announcements) collected for [`COALESCE`], so that the master wakes
     /// once for several of them rather than once each.
@@ -105,11 +113,21 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
     };
     let pid = child.id().unwrap_or(0);
     info!(app = %cfg.app, worker = slot, pid, "worker started");
+    let held = Held {
+        ready: false,
+        sessions: HashSet::new(),
+        adapters: BTreeSet::new(),
+        master: None,
+        version: 0,
+        unacked: Unacked::new(cfg.limits.bus_queue_bytes),
+        delivered: Delivered::default(),
+    };
     let agent = Rc::new(Agent {
         cfg,
         slot,
         node,
-        held: RefCell::default(),
+        held: RefCell::new(held),
+        lost_broadcasts: RateLimit::default(),
         outbox: RefCell::default(),
         outbox_filled: tokio::sync::Notify::new(),
     });
@@ -218,11 +236,28 @@ impl Agent {
 
     fn to_master(&self, msg: ToMaster) {
         let mut held = self.held.borrow_mut();
+        let held = &mut *held;
         match (&held.master, msg) {
-            (Some(link), msg @ ToMaster::Adapter { .. }) => {
-                // Broadcasts go at once (after what is collected, in order).
+            (Some(link), ToMaster::Adapter { header, frame }) if held.version == 1 => {
                 self.flush_outbox(link);
-                link.send(msg.to_frame().into(), None);
+                link.send(ToMaster::Adapter { header, frame }.to_frame().into(), None);
+            }
+            (master, ToMaster::Adapter { header, frame }) => {
+                // Kept until acknowledged, and for the next master if there
+                // is none now; the rest is replayed from state.
+                let (numbered, evicted) =
+                    held.unacked.push(|seq| ToMaster::Broadcast { seq, header, frame }.to_frame());
+                match master {
+                    Some(link) => {
+                        // Broadcasts go at once (after what is collected, in order).
+                        self.flush_outbox(link);
+                        link.send(numbered, None);
+                    }
+                    None if evicted > 0 && self.lost_broadcasts.due() => {
+                        warn!(app = %self.cfg.app, worker = self.slot, kept = held.unacked.len(), "no master for a while and limits.bus_queue_bytes reached: the oldest broadcasts are dropped");
+                    }
+                    None => {}
+                }
             }
             (Some(_), msg) => {
                 let mut outbox = self.outbox.borrow_mut();
@@ -230,14 +265,6 @@ impl Agent {
                     self.outbox_filled.notify_one();
                 }
                 msg.encode(&mut outbox);
-            }
-            (None, ToMaster::Adapter { header, frame }) => {
-                // Kept for the next master; the rest is replayed from state.
-                let limit = self.cfg.limits.bus_queue_bytes;
-                if held.backlog_bytes + frame.len() <= limit {
-                    held.backlog_bytes += frame.len();
-                    held.backlog.push_back(ToMaster::Adapter { header, frame }.to_frame());
-                }
             }
             (None, _) => {}
         }
@@ -379,10 +406,13 @@ impl Agent {
         };
         link.send(hello.to_frame().into(), None);
         let mut reader = FrameReader::new(Prefix::Bus, wire::MAX_FRAME);
-        match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
+        let version = match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
             // The master answers with the version both speak: ours or older.
             Ok(Some(Ok(ToAgent::Welcome { version })))
-                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) => {}
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) =>
+            {
+                version
+            }
             Ok(Some(Ok(ToAgent::Welcome { version }))) => {
                 return Err(format!(
                     "the master speaks bus protocol {version}, this agent {MIN_PROTOCOL_VERSION} to {PROTOCOL_VERSION}"
@@ -390,8 +420,8 @@ impl Agent {
             }
             Ok(Some(Ok(ToAgent::Refused(reason)))) => return Err(format!("the master refused this agent: {reason}")),
             _ => return Ok(()),
-        }
-        self.attach(&link);
+        };
+        self.attach(&link, version);
         let result = loop {
             // A worker slow to read its channel: stop reading the bus, so
             // that the master's bounded queue for this worker takes the
@@ -416,6 +446,15 @@ impl Agent {
                     }
                 },
                 Ok(ToAgent::Adapter(frame)) => self.node.send_frame(Bytes::from(frame)),
+                Ok(ToAgent::Relayed { origin, seq, frame }) => {
+                    // Sent again by a master whose predecessor had relayed it?
+                    if self.held.borrow_mut().delivered.first_time(origin, seq) {
+                        self.node.send_frame(Bytes::from(frame));
+                    } else {
+                        debug!(app = %self.cfg.app, worker = self.slot, origin, seq, "broadcast relayed again: dropped");
+                    }
+                }
+                Ok(ToAgent::Acked(seq)) => self.held.borrow_mut().unacked.acked(seq),
                 // A newer master's frame this agent does not know: skipped.
                 Err(WireError::UnknownTag(tag)) => {
                     debug!(app = %self.cfg.app, worker = self.slot, tag, "frame of a newer protocol skipped")
@@ -436,8 +475,8 @@ impl Agent {
     }
 
     /// A master accepted us: tell it what the worker holds, then send the
-    /// adapter frames kept meanwhile.
-    fn attach(&self, link: &Rc<Link>) {
+    /// broadcasts not acknowledged by its predecessor (or produced since).
+    fn attach(&self, link: &Rc<Link>, version: u16) {
         let mut held = self.held.borrow_mut();
         let mut replay = Vec::new();
         for (uid, nsp) in &held.adapters {
@@ -452,11 +491,28 @@ impl Agent {
         if !replay.is_empty() {
             link.send(replay.into(), None);
         }
-        for frame in held.backlog.drain(..) {
-            link.send(frame.into(), None);
+        if version >= 2 {
+            for frame in held.unacked.frames() {
+                link.send(frame.clone(), None);
+            }
+        } else {
+            // A master of protocol 1 neither numbers nor acknowledges.
+            for frame in held.unacked.take_all() {
+                if let Some(unnumbered) = unnumbered(&frame) {
+                    link.send(unnumbered.into(), None);
+                }
+            }
         }
-        held.backlog_bytes = 0;
+        held.version = version;
         held.master = Some(link.clone());
+    }
+}
+
+/// A [`ToMaster::Broadcast`] frame as protocol 1's [`ToMaster::Adapter`].
+fn unnumbered(frame: &[u8]) -> Option<Vec<u8>> {
+    match ToMaster::decode(frame.get(4..)?) {
+        Ok(ToMaster::Broadcast { header, frame, .. }) => Some(ToMaster::Adapter { header, frame }.to_frame()),
+        _ => None,
     }
 }
 

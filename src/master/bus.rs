@@ -13,10 +13,10 @@
 use super::{Master, Peer};
 use crate::control::{Request, Response};
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
-use crate::nodeipc;
+use crate::logging::RateLimit;
+use crate::nodeipc::{self, AdapterHeader};
 use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
-use std::cell::Cell;
 use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -38,25 +38,6 @@ const CONTROL_IDLE: Duration = Duration::from_secs(60);
 const MAX_CONNECTIONS_PER_UID: usize = 32;
 /// Frames from one agent handled before letting the other tasks run.
 const FRAMES_PER_TURN: u32 = 64;
-/// Warnings about one kind of misbehaving peer are rate-limited to one per this.
-const WARN_EVERY: Duration = Duration::from_secs(10);
-
-/// A warning that is logged at most once per [`WARN_EVERY`], so that a
-/// hostile peer cannot flood the journal.
-#[derive(Default)]
-pub(super) struct RateLimit(Cell<Option<Instant>>);
-
-impl RateLimit {
-    pub(super) fn due(&self) -> bool {
-        let now = Instant::now();
-        let due = self.0.get().is_none_or(|t| now.duration_since(t) > WARN_EVERY);
-        if due {
-            self.0.set(Some(now));
-        }
-        due
-    }
-}
-
 /// Binds the app's abstract bus socket. Failing to bind means another
 /// master of the same app runs in this network namespace.
 pub(super) fn listen(app: &str) -> std::io::Result<UnixListener> {
@@ -215,12 +196,18 @@ impl Master {
                     warn!(app = %self.cfg.app, worker = slot, pid, "second agent for one slot refused");
                     return refuse(&link, &format!("slot {slot} already has an agent"));
                 }
-                self.st.borrow_mut().peers.insert(slot, Peer { link: link.clone(), pid, in_flight: HashMap::new() });
+                self.st
+                    .borrow_mut()
+                    .peers
+                    .insert(slot, Peer { link: link.clone(), pid, version, in_flight: HashMap::new() });
                 welcome(&link, version);
                 reader.set_max(wire::MAX_FRAME);
                 info!(app = %self.cfg.app, worker = slot, pid, version, "worker connected");
                 self.worker_changed();
-                self.serve_agent(slot, &link, reader).await;
+                let (relayed, written) = tokio::sync::mpsc::unbounded_channel();
+                let acknowledging = tokio::task::spawn_local(acknowledge(link.clone(), written));
+                self.serve_agent(slot, &link, reader, &relayed).await;
+                acknowledging.abort();
                 self.agent_gone(slot);
             }
             Role::Control => {
@@ -231,7 +218,7 @@ impl Master {
         }
     }
 
-    async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader) {
+    async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader, relayed: &Relayed) {
         let drop_warning = RateLimit::default();
         let mut served: u32 = 0;
         loop {
@@ -287,35 +274,68 @@ impl Master {
                 }
                 ToMaster::AdapterSeen { uid, nsp } => self.st.borrow_mut().router.adapter_seen(slot, &uid, &nsp),
                 ToMaster::Adapter { header, frame } => {
-                    let mut st = self.st.borrow_mut();
-                    let st = &mut *st;
-                    if header.kind != nodeipc::ADAPTER_CLOSE {
-                        st.router.adapter_seen(slot, &header.uid, &header.nsp);
-                    }
-                    let out: Bytes = ToAgent::Adapter(frame).to_frame().into();
-                    for target in st.router.relay_targets(slot, &header) {
-                        let Some(peer) = st.peers.get(&target) else {
-                            continue;
-                        };
-                        if peer.link.queued_bytes() + out.len() > self.cfg.limits.bus_queue_bytes {
-                            st.counters.dropped_frames += 1;
-                            if drop_warning.due() {
-                                warn!(app = %self.cfg.app, worker = target, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
-                            }
-                            continue;
-                        }
-                        peer.link.send(out.clone(), None);
-                        st.counters.relayed_frames += 1;
-                    }
-                    if header.kind == nodeipc::ADAPTER_CLOSE {
-                        st.router.adapter_closed(slot, &header.uid, &header.nsp);
-                    }
+                    self.adoption_over().await;
+                    self.relay(slot, &header, frame, None, &drop_warning);
+                }
+                ToMaster::Broadcast { seq, header, frame } => {
+                    self.adoption_over().await;
+                    let written = self.relay(slot, &header, frame, Some(seq), &drop_warning);
+                    let _ = relayed.send((seq, written));
                 }
                 ToMaster::Hello { .. } | ToMaster::Control(_) => {
                     return warn!(app = %self.cfg.app, worker = slot, "agent sent an unexpected frame: dropped");
                 }
             }
         }
+    }
+
+    /// Relays an adapter frame of `from` where `setupPrimary` would send it,
+    /// numbered for agents of protocol 2 if `seq` is given. Returns where
+    /// each copy ends in its target's stream, to acknowledge once written.
+    fn relay(
+        &self,
+        from: u16,
+        header: &AdapterHeader,
+        frame: Vec<u8>,
+        seq: Option<u64>,
+        drop_warning: &RateLimit,
+    ) -> Vec<(Rc<Link>, u64)> {
+        let mut st = self.st.borrow_mut();
+        let st = &mut *st;
+        if header.kind != nodeipc::ADAPTER_CLOSE {
+            st.router.adapter_seen(from, &header.uid, &header.nsp);
+        }
+        let origin = st.peers.get(&from).map_or(0, |p| p.pid);
+        let targets: Vec<&Peer> =
+            st.router.relay_targets(from, header).iter().filter_map(|t| st.peers.get(t)).collect();
+        let numbered = |p: &Peer| seq.is_some() && p.version >= 2;
+        // Each encoding made once, and only if some target needs it.
+        let (mut as_v2, mut as_v1): (Option<Bytes>, Option<Bytes>) = (None, None);
+        if let Some(seq) = seq.filter(|_| targets.iter().any(|p| numbered(p))) {
+            as_v2 = Some(ToAgent::Relayed { origin, seq, frame: frame.clone() }.to_frame().into());
+        }
+        if targets.iter().any(|p| !numbered(p)) {
+            as_v1 = Some(ToAgent::Adapter(frame).to_frame().into());
+        }
+        let mut written = Vec::with_capacity(targets.len());
+        for peer in targets {
+            let out = if numbered(peer) { &as_v2 } else { &as_v1 };
+            let out = out.as_ref().expect("encoded above");
+            if peer.link.queued_bytes() + out.len() > self.cfg.limits.bus_queue_bytes {
+                st.counters.dropped_frames += 1;
+                if drop_warning.due() {
+                    warn!(app = %self.cfg.app, pid = peer.pid, queued = peer.link.queued_bytes(), "worker reads the bus too slowly: dropping adapter frames for it");
+                }
+                continue;
+            }
+            peer.link.send(out.clone(), None);
+            written.push((peer.link.clone(), peer.link.position()));
+            st.counters.relayed_frames += 1;
+        }
+        if header.kind == nodeipc::ADAPTER_CLOSE {
+            st.router.adapter_closed(from, &header.uid, &header.nsp);
+        }
+        written
     }
 
     /// Operators: anyone may read the status; scaling and reloading need
@@ -382,6 +402,29 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     let line = status.lines().find_map(|l| l.strip_prefix("Groups:")).unwrap_or("");
     line.split_whitespace().filter_map(|g| g.parse().ok()).collect()
+}
+
+/// A numbered broadcast as relayed: its number, and where each copy ends
+/// in its target's stream.
+type Copies = (u64, Vec<(Rc<Link>, u64)>);
+type Relayed = tokio::sync::mpsc::UnboundedSender<Copies>;
+
+/// Acknowledges an agent's broadcasts once every copy is written to its
+/// target's socket (from there the kernel delivers it even if this master
+/// dies), one acknowledgement for all that are through.
+async fn acknowledge(origin: Rc<Link>, mut relayed: tokio::sync::mpsc::UnboundedReceiver<Copies>) {
+    while let Some((mut seq, mut copies)) = relayed.recv().await {
+        loop {
+            for (link, position) in &copies {
+                link.written_through(*position).await;
+            }
+            match relayed.try_recv() {
+                Ok((next, its_copies)) => (seq, copies) = (next, its_copies),
+                Err(_) => break,
+            }
+        }
+        origin.send(ToAgent::Acked(seq).to_frame().into(), None);
+    }
 }
 
 fn welcome(link: &Link, version: u16) {

@@ -8,13 +8,13 @@
 //! before it drains the worker it replaces, so at least N workers are
 //! ready throughout.
 
-use super::Master;
+use super::{Master, ADOPTION_WAIT};
 use crate::master::router::WorkerState;
 use futures_util::future::join_all;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tracing::{error, info};
+use tracing::{error, info, warn};
 
 /// How often the master asks whether a worker unit failed for good.
 const FAILURE_CHECK_EVERY: Duration = Duration::from_secs(2);
@@ -70,9 +70,47 @@ impl Master {
         if !adopted.is_empty() {
             info!(app = %self.cfg.app, workers = ?adopted, "adopting running workers");
         }
+        tokio::task::spawn_local(self.clone().await_adopted(adopted.clone()));
         self.worker_changed();
         if let Err(e) = self.reconcile(&|line| info!(app = %self.cfg.app, "{line}")).await {
             error!(app = %self.cfg.app, "{e}");
+        }
+    }
+
+    /// Broadcasts wait until the agents of the `adopted` workers are back
+    /// (or [`ADOPTION_WAIT`] passed): relayed earlier, what an agent sends
+    /// again after a master died would miss the workers that reconnect
+    /// after it.
+    async fn await_adopted(self: Rc<Self>, adopted: Vec<u16>) {
+        let deadline = tokio::time::Instant::now() + ADOPTION_WAIT;
+        loop {
+            let changed = self.workers_changed.notified();
+            let missing: Vec<u16> = {
+                // A worker forgotten meanwhile (its unit failed) is not awaited.
+                let st = self.st.borrow();
+                let known = st.router.slots();
+                adopted.iter().copied().filter(|s| !st.peers.contains_key(s) && known.contains(s)).collect()
+            };
+            if missing.is_empty() {
+                break;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                warn!(app = %self.cfg.app, workers = ?missing, "adopted workers did not reconnect within {ADOPTION_WAIT:?}: broadcasts go on without them");
+                break;
+            }
+        }
+        self.adopting.set(false);
+        self.adopted.notify_waiters();
+    }
+
+    /// Returns once broadcasts may be relayed (see [`Master::await_adopted`]).
+    pub(super) async fn adoption_over(&self) {
+        loop {
+            let over = self.adopted.notified();
+            if !self.adopting.get() {
+                return;
+            }
+            over.await;
         }
     }
 

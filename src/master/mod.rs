@@ -24,6 +24,7 @@ use crate::control::{Counters, Status, WorkerStatus};
 use crate::handoff::Link;
 use crate::http_head::{self, Head};
 use crate::listen::Listeners;
+use crate::logging::RateLimit;
 use crate::nodeipc;
 use crate::shutdown::Shutdown;
 use crate::wire::ToAgent;
@@ -46,6 +47,8 @@ const MAX_HANDOFF_ATTEMPTS: u8 = 3;
 struct Peer {
     link: Rc<Link>,
     pid: u32,
+    /// The bus protocol it speaks.
+    version: u16,
     /// Connections sent to the agent and not yet confirmed. The master
     /// keeps its copy until Node acknowledges, so that a worker dying
     /// mid-handoff loses nothing: the head is still unread, and the
@@ -67,6 +70,11 @@ const ANNOUNCEMENT_WAIT: Duration = Duration::from_millis(500);
 /// all land on the worker that happened to be ready first). Node workers
 /// start within a second or two of each other on a loaded machine.
 const STARTUP_HOLD: Duration = Duration::from_secs(3);
+
+/// After a restart, how long broadcasts wait for the workers still running
+/// to reconnect (they retry every second at most), so that what one sends
+/// again reaches those that come back a moment later.
+const ADOPTION_WAIT: Duration = Duration::from_secs(3);
 
 /// Waiting connections are expired at most this late: the expiry scan
 /// runs at most this often however many distinct deadlines there are.
@@ -212,10 +220,10 @@ impl State {
 /// Rate-limited warnings about misbehaving bus peers.
 #[derive(Default)]
 struct Warnings {
-    too_many_connections: bus::RateLimit,
-    foreign_agent: bus::RateLimit,
-    silent_peer: bus::RateLimit,
-    bad_hello: bus::RateLimit,
+    too_many_connections: RateLimit,
+    foreign_agent: RateLimit,
+    silent_peer: RateLimit,
+    bad_hello: RateLimit,
 }
 
 pub struct Master {
@@ -247,6 +255,10 @@ pub struct Master {
     started_up: Cell<bool>,
     /// Whether the start-up hold began (a first worker was ready).
     holding: Cell<bool>,
+    /// Whether broadcasts wait for adopted workers to reconnect (see
+    /// [`ADOPTION_WAIT`]); `adopted` is woken when they stop waiting.
+    adopting: Cell<bool>,
+    adopted: Notify,
 }
 
 impl Master {
@@ -259,6 +271,7 @@ impl Master {
         // A restarted master under systemd must first learn which workers
         // still run before it may call any sid's owner gone.
         st.router.discovering(matches!(supervisor, Supervisor::Systemd(_)));
+        let adopting = Cell::new(matches!(supervisor, Supervisor::Systemd(_)));
         Ok(Rc::new(Master {
             bus,
             listen: listeners.addresses(),
@@ -276,6 +289,8 @@ impl Master {
             warned: Warnings::default(),
             started_up: Cell::new(false),
             holding: Cell::new(false),
+            adopting,
+            adopted: Notify::new(),
         }))
     }
 

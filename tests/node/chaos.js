@@ -3,7 +3,8 @@
 // keep arriving. The Rust test kills workers and tells this script which
 // and when ("kill wN" on stdin); "report" prints what nobody can excuse:
 // disconnects of clients whose worker was not killed, broadcasts lost
-// between clients whose workers both lived, new clients never served.
+// between clients whose workers both lived, broadcasts received twice, new
+// clients never served.
 const readline = require("readline");
 const { io } = require("socket.io-client");
 const { withTimeout, report, sleep } = require("./lib");
@@ -17,7 +18,7 @@ const clients = [];
 function hold(i) {
   return new Promise((resolve, reject) => {
     const socket = io(url, { forceNew: true, transports: ["websocket"], reconnectionDelay: 100, reconnectionDelayMax: 500 });
-    const c = { i, socket, worker: null, since: null, intervals: [], disconnects: [], got: new Set() };
+    const c = { i, socket, worker: null, since: null, intervals: [], disconnects: [], got: new Set(), duplicates: 0 };
     socket.on("welcome", (w) => {
       c.worker = w.worker;
       c.since = Date.now();
@@ -29,7 +30,11 @@ function hold(i) {
       if (c.since !== null) c.intervals.push([c.since, t, c.worker]);
       c.since = null;
     });
-    socket.on("bcast", (m) => c.got.add(`${m.payload.from}:${m.payload.seq}`));
+    socket.on("bcast", (m) => {
+      const key = `${m.payload.from}:${m.payload.seq}`;
+      if (c.got.has(key)) c.duplicates++;
+      c.got.add(key);
+    });
     setTimeout(() => reject(new Error(`client ${i} not connected`)), 20000);
   });
 }
@@ -110,6 +115,7 @@ async function probeLoop() {
       expected,
       lostCount: lost.length,
       lost: lost.slice(0, 10),
+      duplicates: clients.reduce((s, c) => s + c.duplicates, 0),
       probes,
       connectedAtEnd: clients.filter((c) => c.socket.connected).length,
     });
