@@ -270,6 +270,20 @@ pub fn listen_addresses(path: &Path, text: &str) -> Result<Vec<SocketAddr>, Conf
     deserialize::<ListenOnly>(path, text).map(|l| l.listen)
 }
 
+/// Why a folder that exists on the host may look missing here: the units'
+/// `ProtectHome=` hides `/home`, `/root` and `/run/user`.
+fn hidden_hint(path: &Path, app: &str) -> String {
+    let hidden = ["/home", "/root", "/run/user"].iter().any(|h| path.starts_with(h));
+    if hidden && std::env::var_os("INVOCATION_ID").is_some() {
+        format!(
+            " (as this unit sees it: its ProtectHome= hides /home, /root and /run/user; put the app under \
+             /srv/{app}, or grant the folder with a drop-in: see \"Where apps live\" in the README)"
+        )
+    } else {
+        String::new()
+    }
+}
+
 impl AppConfig {
     /// The config file of `app` in `dir`.
     pub fn path_in(dir: &Path, app: &str) -> PathBuf {
@@ -291,7 +305,10 @@ impl AppConfig {
         })?;
         let cfg = AppConfig::parse(path, &text)?;
         if !cfg.cwd.is_dir() {
-            return Err(err("cwd", format!("{} is not a directory", cfg.cwd.display())));
+            return Err(err(
+                "cwd",
+                format!("{} is not a directory{}", cfg.cwd.display(), hidden_hint(&cfg.cwd, &cfg.app)),
+            ));
         }
         if let Some(g) = &cfg.control_group {
             if nix::unistd::Group::from_name(g).ok().flatten().is_none() {

@@ -21,6 +21,7 @@
 //! * [`up`]: `sio up`, master and agents in the foreground.
 //! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator.
 //! * [`control`]: `sioctl` requests and answers.
+//! * [`endpoints`]: where the bus and control sockets live, and whom to trust on them.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
 //! * [`heap`]: heap bytes in use, counted by the allocator.
 
@@ -28,6 +29,7 @@ pub mod agent;
 pub mod balance;
 pub mod config;
 pub mod control;
+pub mod endpoints;
 pub mod handoff;
 pub mod heap;
 pub mod http_head;

@@ -1,11 +1,14 @@
 //! Where the master's listening sockets come from: systemd socket
-//! activation (`LISTEN_FDS`, from `sio@APP.socket`) or, when not activated,
-//! the addresses in the app's config.
+//! activation (`LISTEN_FDS`, from `sio@APP.socket` and `sio-bus@APP.socket`:
+//! TCP for clients, the app's Unix sockets for agents and operators) or,
+//! when not activated, the addresses in the app's config.
 
 use crate::config::AppConfig;
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
 
 /// Backlog of sockets the master binds itself, as `Backlog=` in
 /// `sio@.socket` (the kernel caps it at `net.core.somaxconn`). std's 128 is
@@ -16,6 +19,9 @@ const BACKLOG: i32 = 4096;
 /// The master's listening sockets, non-blocking.
 pub struct Listeners {
     pub sockets: Vec<TcpListener>,
+    /// Unix sockets systemd passed, with their paths (the bus and control
+    /// sockets, see [`crate::endpoints`]).
+    pub unix: Vec<(PathBuf, UnixListener)>,
     /// Whether systemd passed them (then systemd, not the config, decides
     /// the addresses, and the sockets outlive the master).
     pub activated: bool,
@@ -27,15 +33,25 @@ impl Listeners {
     pub fn open(cfg: &AppConfig) -> io::Result<Listeners> {
         let mut fds = listenfd::ListenFd::from_env();
         let mut sockets = Vec::new();
+        let mut unix = Vec::new();
         for i in 0..fds.len() {
-            match fds.take_tcp_listener(i)? {
-                Some(l) => sockets.push(l),
-                None => {
-                    return Err(io::Error::other(format!(
-                        "socket activation: fd {} is not a TCP listening socket",
-                        3 + i
-                    )))
-                }
+            let fd = 3 + i as i32;
+            let path = nix::sys::socket::getsockname::<nix::sys::socket::SockaddrStorage>(fd)
+                .ok()
+                .and_then(|a| a.as_unix_addr().and_then(|u| u.path().map(PathBuf::from)));
+            match path {
+                Some(path) => match fds.take_unix_listener(i)? {
+                    Some(l) => unix.push((path, l)),
+                    None => return Err(io::Error::other(format!("socket activation: fd {fd} is not listening"))),
+                },
+                None => match fds.take_tcp_listener(i)? {
+                    Some(l) => sockets.push(l),
+                    None => {
+                        return Err(io::Error::other(format!(
+                            "socket activation: fd {fd} is neither a TCP nor a Unix listening socket"
+                        )))
+                    }
+                },
             }
         }
         let activated = !sockets.is_empty();
@@ -59,7 +75,10 @@ impl Listeners {
         for s in &sockets {
             s.set_nonblocking(true)?;
         }
-        Ok(Listeners { sockets, activated })
+        for (_, u) in &unix {
+            u.set_nonblocking(true)?;
+        }
+        Ok(Listeners { sockets, unix, activated })
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {

@@ -39,14 +39,14 @@ pub async fn run(configs: Vec<AppConfig>, mode: Mode) -> std::io::Result<()> {
     // the whole start with one error.
     let mut ready = Vec::new();
     for cfg in configs {
-        let listeners = Listeners::open(&cfg)?;
+        let mut listeners = Listeners::open(&cfg)?;
         let supervisor = match mode {
             Mode::Embedded => Supervisor::embedded(shutdown.clone())?,
             Mode::Systemd => Supervisor::systemd(&cfg.app)
                 .await
                 .map_err(|e| std::io::Error::other(format!("cannot reach systemd over D-Bus: {e}")))?,
         };
-        let master = Master::new(cfg, &listeners, supervisor)?;
+        let master = Master::new(cfg, &mut listeners, supervisor)?;
         ready.push((master, listeners));
     }
     let running: Vec<_> =

@@ -1,8 +1,8 @@
 //! The bus protocol between the master and its peers (worker agents and
 //! `sioctl`), versioned and kept apart from the I/O that carries it.
 //!
-//! Transport: an abstract Unix stream socket per app (see
-//! [`bus_address`]). Every frame is `u32` little-endian length (of what
+//! Transport: the app's Unix stream sockets ([`crate::endpoints`]; agents
+//! of version 1 use the abstract name [`bus_address`]). Every frame is `u32` little-endian length (of what
 //! follows, at most [`MAX_FRAME`]), one tag byte, and the body. A [`ToAgent::Handoff`] frame
 //! travels with exactly one file descriptor (`SCM_RIGHTS`) on the
 //! `sendmsg` that carries its first byte; the receiver queues fds in
@@ -38,7 +38,8 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// over many sockets) can be large, but not unbounded.
 pub const MAX_FRAME: usize = 256 << 20;
 
-/// The abstract socket name of an app's bus (shown by `ss -xl` as `@sio/APP`).
+/// The abstract socket name of an app's bus in protocol 1 (shown by
+/// `ss -xl` as `@sio/APP`), still served for agents started before an upgrade.
 pub fn bus_address(app: &str) -> String {
     format!("sio/{app}")
 }

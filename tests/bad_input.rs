@@ -7,10 +7,10 @@ use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use serde_json::json;
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 fn exchange(port: u16, bytes: &[u8]) -> String {
@@ -133,35 +133,44 @@ fn a_worker_that_dies_mid_handoff_loses_no_connection() {
 }
 
 #[test]
-fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
+fn strangers_cannot_reach_the_bus_and_agents_are_admitted_by_who_started_them() {
     let app = App::start(1);
-    // A real agent, run as nobody, claiming a worker slot.
+    let bus = app.runtime_dir().join(format!("{}.bus", app.name));
+    // A real agent run as nobody: the private folder keeps it out.
+    let its_own = scratch_dir(&format!("{}-nobody", app.name));
+    std::os::unix::fs::chown(&its_own, Some(65534), Some(65534)).unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_sio"))
         .args(["worker", &format!("{}:9", app.name), "--config"])
         .arg(&app.config)
+        .env("SIO_RUNTIME_DIR", app.runtime_dir())
+        .env("RUNTIME_DIRECTORY", &its_own)
         .uid(65534)
         .gid(65534)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
+    assert!(err.contains("Permission denied"), "{err}");
+    // The master's own uid, but not an agent the master started: refused,
+    // and logged with the kernel's pid.
+    let agent = Command::new(env!("CARGO_BIN_EXE_sio"))
+        .args(["worker", &format!("{}:9", app.name), "--config"])
+        .arg(&app.config)
+        .env("SIO_RUNTIME_DIR", app.runtime_dir())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = agent.id();
+    let out = agent.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
     assert!(err.contains("the master refused this agent: permission denied"), "{err}");
     wait_for("the refusal logged", Duration::from_secs(5), || {
-        app.log().contains("refused bus peer: its uid is neither the master's nor root's")
+        let log = app.log();
+        log.contains("refused a bus peer that claims to be an agent") && log.contains(&format!("peer_pid={pid}"))
     });
-    // An operator of another uid may read, not change.
-    let sioctl =
-        |args: &[&str]| Command::new(env!("CARGO_BIN_EXE_sioctl")).args(args).uid(65534).gid(65534).output().unwrap();
-    assert!(sioctl(&["status", &app.name]).status.success());
-    let out = sioctl(&["scale", &app.name, "3"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("permission denied"));
     // Same uid, but garbage instead of a hello.
-    let name = format!("sio/{}", app.name);
-    let addr =
-        <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(name.as_bytes())
-            .unwrap();
-    let mut s = std::os::unix::net::UnixStream::connect_addr(&addr).unwrap();
+    let mut s = std::os::unix::net::UnixStream::connect(&bus).unwrap();
     s.write_all(&[0xff; 64]).unwrap();
     let mut rest = Vec::new();
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -170,6 +179,65 @@ fn bus_peers_of_another_uid_or_speaking_garbage_are_refused() {
     assert_eq!(status["counters"]["refused_peers"], 1, "{status}");
     assert_eq!(status["workers"].as_array().unwrap().len(), 1, "no worker 9: {status}");
     assert_eq!(App::ready_workers(&status), 1, "the worker is unaffected: {status}");
+}
+
+#[test]
+fn a_squatter_on_the_old_abstract_name_or_in_the_runtime_folder_changes_nothing() {
+    // Before any master: one binds protocol 1's abstract name, another
+    // leaves a dead socket file where the bus goes.
+    let name = app_name();
+    let squat = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(
+        format!("sio/{name}").as_bytes(),
+    )
+    .unwrap();
+    let _squatter = std::os::unix::net::UnixListener::bind_addr(&squat).unwrap();
+    let app = App::start_named(&name, 2, json!({}), |run| {
+        std::fs::create_dir_all(run).unwrap();
+        std::fs::set_permissions(run, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(run.join(format!("{name}.bus"))).unwrap());
+    });
+    let r = node("race.js", &[&app.port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "served: {r}");
+    // A runtime folder others may enter is refused, by name.
+    let dir = scratch_dir(&format!("{name}-open"));
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sio"))
+        .arg("up")
+        .arg(&app.config)
+        .env("SIO_RUNTIME_DIR", &dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("that nobody else may enter (mode 0700)"), "{err}");
+}
+
+#[test]
+fn sioctl_refuses_a_server_of_another_uid() {
+    // A fake master: a socket of nobody's in a folder of nobody's.
+    let dir = scratch_dir(&format!("{}-fake", app_name()));
+    std::os::unix::fs::chown(&dir, Some(65534), Some(65534)).unwrap();
+    let path = dir.join("chat.control");
+    let mut fake = Command::new("/usr/bin/python3")
+        .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.listen(); print('up', flush=True); c,_=s.accept(); c.sendall(bytes([3,0,0,0,1,1,0])); time.sleep(5)"])
+        .arg(&path)
+        .uid(65534)
+        .gid(65534)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(fake.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
+        .args(["status", "chat"])
+        .env("SIO_RUNTIME_DIR", &dir)
+        .output()
+        .unwrap();
+    let _ = fake.kill();
+    let _ = fake.wait();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("neither root, the sio user nor this user: not talking to it"), "{err}");
 }
 
 #[test]
@@ -186,7 +254,7 @@ fn the_masters_memory_stays_bounded() {
         }
         let r = node("race.js", &[&app.port.to_string(), "300"]);
         assert_eq!(r["counts"], json!({"ok": 300}), "{r}");
-        bus_probe(None, &[&app.name, "close", "200"]);
+        bus_probe(&app.runtime_dir().join(format!("{}.control", app.name)), &["close", "200"]);
         drop(idle);
         let mut held = (0, 0);
         wait_for("nothing in progress", Duration::from_secs(10), || {
@@ -224,11 +292,13 @@ fn the_masters_memory_stays_bounded() {
 fn bus_peers_that_hang_up_or_speak_garbage_leave_no_fd_behind() {
     let app = App::start(1);
     let before = open_fds(app.pid());
-    // Strangers (whose connections are also capped per uid) and the
-    // master's own uid, hanging up at every step before being admitted.
-    for (uid, mode) in [(Some(65534), "close"), (Some(65534), "garbage"), (None, "truncated"), (None, "close")] {
-        let r = bus_probe(uid, &[&app.name, mode, "750"]);
-        assert_eq!(r["connected"], 750, "{mode}: {r}");
+    // Peers of both sockets, hanging up at every step before being admitted.
+    for door in ["bus", "control"] {
+        let path = app.runtime_dir().join(format!("{}.{door}", app.name));
+        for mode in ["close", "garbage", "truncated"] {
+            let r = bus_probe(&path, &[mode, "500"]);
+            assert_eq!(r["connected"], 500, "{door} {mode}: {r}");
+        }
     }
     wait_for("the master's fds back to where they were", Duration::from_secs(10), || open_fds(app.pid()) <= before + 2);
     let r = node("race.js", &[&app.port.to_string(), "20"]);
@@ -236,12 +306,12 @@ fn bus_peers_that_hang_up_or_speak_garbage_leave_no_fd_behind() {
 }
 
 #[test]
-fn huge_frames_announced_by_another_uid_leave_the_masters_memory_flat() {
+fn huge_frames_announced_by_a_peer_leave_the_masters_memory_flat() {
     let app = App::start(1);
     let before = rss_kib(app.pid());
     // Each says hello as an operator, then announces a 256 MiB frame and
     // sends 4 KiB of it (main grew to 1.5 GiB: buffers sized by the claim).
-    let r = bus_probe(Some(65534), &[&app.name, "huge", "16", "3000"]);
+    let r = bus_probe(&app.runtime_dir().join(format!("{}.control", app.name)), &["huge", "16", "3000"]);
     let after = rss_kib(app.pid());
     println!("master RSS {before} KiB -> {after} KiB");
     assert_eq!(r["closedByMaster"], 16, "each is dropped for its oversized frame: {r}");

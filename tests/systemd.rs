@@ -6,6 +6,7 @@ mod common;
 use common::sandbox::Sandbox;
 use common::*;
 use serde_json::json;
+use std::os::unix::process::CommandExt;
 use std::time::Duration;
 
 fn free_port() -> u16 {
@@ -183,7 +184,10 @@ fn an_unprivileged_users_scale_is_denied_by_the_master() {
     let out = sb.sioctl(&["scale", &app, "3"], Some(65534));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
-    assert!(err.contains("permission denied"), "{err}");
+    assert!(
+        err.contains(&format!("permission denied: only root or user sio (the master's) may change {app}")),
+        "{err}"
+    );
     // Reading is allowed.
     let out = sb.sioctl(&["status", &app], Some(65534));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -411,4 +415,140 @@ fn chaos_the_master_sigkilled_in_a_loop_loses_no_client_and_no_broadcast() {
     assert!(r["expected"].as_u64().unwrap() > 100_000, "{r}");
     assert_eq!(r["probes"]["failed"], 0, "every new client was served: {r}");
     assert_eq!(r["connectedAtEnd"], 300, "{r}");
+}
+
+#[test]
+fn the_app_runs_as_its_own_user_and_can_touch_neither_its_master_nor_any_unit() {
+    let (sb, app, port) = running(2);
+    let master = sb.status(&app).unwrap()["pid"].as_u64().unwrap().to_string();
+    let r = node("privileges.js", &[&port.to_string(), &master, &app]);
+    println!("what the app may do: {r}");
+    let uid_of = |name| nix::unistd::User::from_name(name).unwrap().unwrap().uid.as_raw();
+    assert_eq!(r["uid"], uid_of("sio-app"), "the app's own user: {r}");
+    assert_ne!(uid_of("sio-app"), uid_of("sio"), "not the master's");
+    assert_eq!(r["readShadow"], "EACCES", "{r}");
+    assert_eq!(r["writeEtc"], "EROFS", "{r}");
+    assert_eq!(r["writeCwd"], "EROFS", "nothing is writable but what a drop-in grants: {r}");
+    assert_eq!(r["signalMaster"], "EPERM", "another uid cannot signal the master: {r}");
+    assert_eq!(r["readMaster"], "ENOENT", "nor see it in /proc (ProtectProc=invisible): {r}");
+    for call in ["stopDbus", "stopSibling", "startWorker"] {
+        assert!(r[call].as_str().unwrap().starts_with("denied"), "{call}: {r}");
+    }
+    // The master's user outside the master's unit gets nothing from polkit
+    // either: the grant is for the process in sio@APP.service.
+    let busctl = |method: &str, unit: &str| {
+        vec![
+            "busctl",
+            "call",
+            "org.freedesktop.systemd1",
+            "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager",
+        ]
+        .into_iter()
+        .map(str::to_owned)
+        .chain([method.to_owned(), "ss".into(), unit.to_owned(), "replace".into()])
+        .collect::<Vec<String>>()
+    };
+    let third = format!("sio-worker@{app}:3.service");
+    let as_sio = busctl("StartUnit", &third);
+    let out = sb.command(Some("sio"), &as_sio.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    assert!(!out.status.success(), "user sio outside the master started a worker");
+    let mut in_unit = vec!["systemd-run", "--wait", "--quiet", "-p", "User=sio", "--unit", "sio-intruder.service"];
+    in_unit.extend(as_sio.iter().map(String::as_str));
+    assert!(!sb.exec(&in_unit).status.success(), "user sio in another unit started a worker");
+    assert_eq!(sb.active_workers(&app), units(&app, &[1, 2]), "nothing was started or stopped");
+    assert!(sb.systemctl(&["is-active", "dbus.service"]).starts_with("active"));
+}
+
+#[test]
+fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
+    let (sb, app, port) = booted(2);
+    // Before the master ever ran, nobody binds protocol 1's abstract name.
+    let mut squatter = std::process::Command::new("/usr/bin/python3")
+        .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(b'\\0sio/'+sys.argv[1].encode()); s.listen(); time.sleep(600)", &app])
+        .uid(65534)
+        .gid(65534)
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500)); // bound by then
+    sb.systemctl(&["start", &format!("sio@{app}.socket")]);
+    let r = node("race.js", &[&port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "the app starts and serves: {r}");
+    sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let bus = format!("/run/sio/{app}.bus");
+    let control = format!("/run/sio/{app}.control");
+    let probe = |user: &str, path: &str, args: &[&str]| {
+        bus_probe_with(sb.command(Some(user), &["/usr/bin/python3"]), std::path::Path::new(path), args)
+    };
+    // Another uid cannot connect to the bus; on the control socket it is
+    // capped at 32 connections.
+    assert_eq!(probe("nobody", &bus, &["close", "5"])["connected"], 0);
+    let r = probe("nobody", &control, &["connect", "40", "1000"]);
+    assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
+    // The agents' own uid, outside a worker unit: refused, by the kernel's pid.
+    let out = sb
+        .command(Some("sio-app"), &[env!("CARGO_BIN_EXE_sio"), "worker", &format!("{app}:1"), "--config-dir"])
+        .arg(&sb.config_dir)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("permission denied: pid ") && err.contains(&format!("not in sio-worker@{app}:1.service")),
+        "{err}"
+    );
+    let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
+    assert!(log.contains("refused a bus peer that claims to be an agent"), "{log}");
+    assert!(log.contains(&format!("cannot bind @sio/{app} for agents of protocol 1")), "the squatter was there: {log}");
+    // A master restart: the agents come back through the same socket.
+    let mut holder = Holder::start(port, 20, "websocket");
+    holder.probe();
+    sb.systemctl(&["restart", &format!("sio@{app}.service")]);
+    sb.wait_status(&app, "ready after the restart", Duration::from_secs(20), ready(2));
+    let r = holder.report();
+    assert_eq!(total_disconnects(&r), 0, "{r}");
+    assert_eq!(r["probes"]["failed"], 0, "{r}");
+    let _ = squatter.kill();
+    let _ = squatter.wait();
+}
+
+#[test]
+fn each_units_exposure_stays_within_its_threshold() {
+    // systemd-analyze's threshold is the exposure times ten.
+    let dir = scratch_dir(&format!("{}-security", app_name()));
+    for (template, instance, limit) in
+        [("sio@.service", "sio@chat.service", 15), ("sio-worker@.service", "sio-worker@chat:1.service", 25)]
+    {
+        std::fs::copy(repo().join("systemd").join(template), dir.join(instance)).unwrap();
+        let out = std::process::Command::new("systemd-analyze")
+            .args(["security", "--offline=yes", &format!("--threshold={limit}")])
+            .arg(dir.join(instance))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        let overall = text.lines().find(|l| l.contains("Overall exposure")).unwrap_or("no overall line");
+        println!("{template}: {overall}");
+        assert!(out.status.success(), "{template} is above {}: {overall}", limit as f64 / 10.0);
+    }
+}
+
+#[test]
+fn an_app_in_a_folder_the_unit_hides_fails_naming_the_reason() {
+    ensure_node_modules();
+    let app = app_name();
+    // As the README once invited: the app's folder under /root.
+    let hidden = std::path::PathBuf::from("/root").join(format!("sio-hidden-{app}"));
+    std::fs::create_dir_all(&hidden).unwrap();
+    let mut cfg = config(free_port(), 1);
+    cfg["cwd"] = json!(hidden);
+    let sb = Sandbox::boot(&app, &[(&app, cfg)]);
+    // The sandbox lifts ProtectHome= for checkouts under /root: put it back.
+    sb.drop_in(&format!("sio@{app}.service"), "[Service]\nProtectHome=yes\n");
+    let started = sb.exec(&["systemctl", "start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let _ = std::fs::remove_dir(&hidden);
+    assert!(!started.status.success(), "the master cannot start");
+    let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
+    assert!(log.contains(&format!("field `cwd`: {} is not a directory", hidden.display())), "{log}");
+    assert!(log.contains("its ProtectHome= hides /home, /root and /run/user; put the app under /srv/"), "{log}");
+    assert!(log.contains("status=78/CONFIG"), "{log}");
 }

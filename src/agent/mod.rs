@@ -387,6 +387,9 @@ impl Agent {
                     }
                     info!(app = %self.cfg.app, worker = self.slot, "master gone; the worker keeps running, reconnecting");
                 }
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    return format!("cannot join the bus: {e}");
+                }
                 Err(e) if !announced_wait => {
                     announced_wait = true;
                     info!(app = %self.cfg.app, worker = self.slot, "waiting for the master ({e})");

@@ -2,14 +2,13 @@
 //!
 //! The script is compiled into the binary, so an agent never runs a preload
 //! from another version. It is written into a folder only this user can
-//! write: systemd's `RuntimeDirectory=` when there is one, else
-//! `$XDG_RUNTIME_DIR/sio`, else `<tmp>/sio-<uid>` (created 0700 and checked,
-//! like ssh-agent's socket folder). The file name carries a hash of the
+//! write: systemd's `RuntimeDirectory=` when there is one, else the user's
+//! private runtime folder ([`crate::endpoints::private_dir`]). The file name carries a hash of the
 //! content, so versions side by side never overwrite each other.
 
 use std::fs;
 use std::io;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 const SOURCE: &str = include_str!("preload.js");
@@ -24,21 +23,7 @@ fn private_dir() -> io::Result<PathBuf> {
         let first = d.to_string_lossy().split(':').next().unwrap_or_default().to_owned();
         return Ok(PathBuf::from(first));
     }
-    let uid = nix::unistd::geteuid().as_raw();
-    let dir = match std::env::var_os("XDG_RUNTIME_DIR") {
-        Some(x) => PathBuf::from(x).join("sio"),
-        None => std::env::temp_dir().join(format!("sio-{uid}")),
-    };
-    match fs::DirBuilder::new().mode(0o700).create(&dir) {
-        Ok(()) => {}
-        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
-        Err(e) => return Err(e),
-    }
-    let meta = fs::symlink_metadata(&dir)?;
-    if !meta.is_dir() || meta.uid() != uid || meta.permissions().mode() & 0o022 != 0 {
-        return Err(io::Error::other(format!("{} is not a private folder of uid {uid}", dir.display())));
-    }
-    Ok(dir)
+    crate::endpoints::private_dir()
 }
 
 /// Writes the preload if needed; returns its path.

@@ -7,10 +7,10 @@
 use clap::{Parser, Subcommand};
 use sio::config::DEFAULT_CONFIG_DIR;
 use sio::control::{thousands, Request, Response, Status};
+use sio::endpoints::Endpoints;
 use sio::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
 use std::io::{Read, Write};
-use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixStream};
+use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -58,10 +58,10 @@ enum Command {
 /// One request to an app's master over its bus; progress lines are printed
 /// as they come.
 fn ask(app: &str, request: &Request) -> Result<Response, String> {
-    let name = wire::bus_address(app);
-    let addr = SocketAddr::from_abstract_name(name.as_bytes()).map_err(|e| e.to_string())?;
-    let mut s = UnixStream::connect_addr(&addr)
-        .map_err(|e| format!("the master of {app:?} is not running (bus @{name}: {e})"))?;
+    let path = Endpoints::find(app).control;
+    let mut s = UnixStream::connect(&path)
+        .map_err(|e| format!("the master of {app:?} is not running ({}: {e})", path.display()))?;
+    sio::endpoints::check_server(&s, &path)?;
     let timeout = if matches!(request, Request::Status) { 10 } else { 3600 };
     s.set_read_timeout(Some(Duration::from_secs(timeout))).map_err(|e| e.to_string())?;
     let mut out = Vec::new();

@@ -2,24 +2,32 @@
 //! confirmations, session announcements, adapter frames to relay) and
 //! operators (`sioctl`).
 //!
-//! Abstract sockets have no file permissions, and any process in the
-//! network namespace can connect, so every peer is checked with
-//! `SO_PEERCRED` before it may say anything: only the master's uid or
-//! root may be an agent; other uids may read the status. Every path a
-//! peer can take is bounded: a few KiB and 5 s for the hello, small
-//! frames and an idle timeout for operators, a cap on connections per
-//! uid, fds closed as they arrive, and the socket closed on every way out.
+//! Three doors (see [`crate::endpoints`]): the bus (file mode keeps
+//! strangers out), the control socket (anyone may connect and read the
+//! status) and, for agents of protocol 1, the abstract name `@sio/APP`
+//! (anyone may connect). Every peer is checked with `SO_PEERCRED` before
+//! it may say anything: an agent must run in its worker's unit (or be the
+//! agent this master spawned), whatever its uid; a change needs root, the
+//! master's user or the app's `control_group`. Every path a peer can take
+//! is bounded: a few KiB and 5 s for the hello, small frames and an idle
+//! timeout for operators, a cap on connections per uid on the doors
+//! anyone may use, fds closed as they arrive, and the socket closed on
+//! every way out.
 
 use super::{Master, Peer};
 use crate::control::{Request, Response};
+use crate::endpoints::Endpoints;
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, Prefix};
 use crate::logging::RateLimit;
 use crate::nodeipc::{self, AdapterHeader};
 use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
 use std::collections::HashMap;
+use std::io;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::net::{UnixListener, UnixStream};
@@ -38,31 +46,123 @@ const CONTROL_IDLE: Duration = Duration::from_secs(60);
 const MAX_CONNECTIONS_PER_UID: usize = 32;
 /// Frames from one agent handled before letting the other tasks run.
 const FRAMES_PER_TURN: u32 = 64;
-/// Binds the app's abstract bus socket. Failing to bind means another
-/// master of the same app runs in this network namespace.
-pub(super) fn listen(app: &str) -> std::io::Result<UnixListener> {
-    let name = wire::bus_address(app);
-    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-    let l = std::os::unix::net::UnixListener::bind_addr(&addr).map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            std::io::Error::new(e.kind(), format!("another master of {app:?} is running (bus @{name} is taken)"))
+/// Which of the master's sockets a peer came in through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Door {
+    /// `APP.bus`: only the master's user, the app's group and root can
+    /// connect (file mode); agents and operators.
+    Bus,
+    /// `APP.control`: anyone can connect; operators only.
+    Control,
+    /// The abstract name `@sio/APP` of bus protocol 1, for agents started
+    /// before an upgrade (until `systemctl reload` replaces them). Anyone
+    /// can connect: agents are admitted by their unit, as on the bus.
+    Legacy,
+}
+
+/// The master's listening Unix sockets.
+pub(super) struct Doors {
+    pub(super) endpoints: Endpoints,
+    pub(super) listeners: Vec<(Door, UnixListener)>,
+}
+
+/// The app's bus and control sockets: those systemd passed (under
+/// systemd), else bound in this user's private folder (`sio up`). Fails
+/// if another master of the app runs.
+pub(super) fn open(
+    app: &str,
+    passed: &mut Vec<(PathBuf, std::os::unix::net::UnixListener)>,
+    systemd: bool,
+) -> io::Result<Doors> {
+    let system = Endpoints::system(app);
+    let mut listeners = Vec::new();
+    let mut endpoints = system.clone();
+    for (path, l) in passed.drain(..) {
+        let door = if path == system.bus {
+            Door::Bus
+        } else if path == system.control {
+            Door::Control
         } else {
-            std::io::Error::new(e.kind(), format!("cannot bind bus @{name}: {e}"))
+            return Err(io::Error::other(format!(
+                "systemd passed the socket {} that is neither {} nor {}",
+                path.display(),
+                system.bus.display(),
+                system.control.display()
+            )));
+        };
+        listeners.push((door, UnixListener::from_std(l)?));
+    }
+    if systemd {
+        for (door, path) in [(Door::Bus, &system.bus), (Door::Control, &system.control)] {
+            if !listeners.iter().any(|(d, _)| *d == door) {
+                return Err(io::Error::other(format!(
+                    "systemd passed no socket {}: start the master through sio@{app}.socket (with sio-bus@{app}.socket installed)",
+                    path.display()
+                )));
+            }
         }
-    })?;
+    } else {
+        endpoints = Endpoints::in_dir(&crate::endpoints::private_dir()?, app);
+        listeners.push((Door::Bus, bind_private(app, &endpoints.bus, 0o600)?));
+        listeners.push((Door::Control, bind_private(app, &endpoints.control, 0o666)?));
+    }
+    if let Some(legacy) = bind_legacy(app) {
+        listeners.push((Door::Legacy, legacy));
+    }
+    Ok(Doors { endpoints, listeners })
+}
+
+/// Binds a socket in the private folder, replacing a stale one (nobody
+/// answers on it), never a live one.
+fn bind_private(app: &str, path: &Path, mode: u32) -> io::Result<UnixListener> {
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another master of {app:?} is running ({} answers)", path.display()),
+        ));
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io::Error::new(e.kind(), format!("cannot replace {}: {e}", path.display()))),
+    }
+    let l = std::os::unix::net::UnixListener::bind(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {}: {e}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     l.set_nonblocking(true)?;
     UnixListener::from_std(l)
 }
 
-/// Connects to an app's bus (agents and `sioctl`). Never blocks: a bus
-/// whose backlog is full (a hung master) answers `WouldBlock`, and the
-/// caller tries again later.
-pub fn connect(app: &str) -> std::io::Result<UnixStream> {
-    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+/// Binds protocol 1's abstract name for agents that predate the path
+/// sockets, if nobody holds it: a squatter there only keeps old agents
+/// from reconnecting, and is logged.
+fn bind_legacy(app: &str) -> Option<UnixListener> {
     let name = wire::bus_address(app);
-    let addr = UnixAddr::new_abstract(name.as_bytes())?;
+    let bound = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| std::os::unix::net::UnixListener::bind_addr(&a))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .and_then(UnixListener::from_std);
+    match bound {
+        Ok(l) => Some(l),
+        Err(e) => {
+            warn!(app, "cannot bind @{name} for agents of protocol 1 ({e}): agents started before the upgrade cannot reconnect; `systemctl reload sio@{app}` replaces them");
+            None
+        }
+    }
+}
+
+/// Connects to an app's bus (agents) and checks who serves it. Never
+/// blocks: a bus whose backlog is full (a hung master) answers
+/// `WouldBlock`, and the caller tries again later. `PermissionDenied`
+/// (the socket's mode, or a server nobody should trust) is for good.
+pub fn connect(app: &str) -> io::Result<UnixStream> {
+    use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, UnixAddr};
+    let path = Endpoints::find(app).bus;
+    let addr = UnixAddr::new(&path)?;
     let sock = socket(AddressFamily::Unix, SockType::Stream, SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC, None)?;
-    connect(sock.as_raw_fd(), &addr)?;
+    connect(sock.as_raw_fd(), &addr)
+        .map_err(|e| io::Error::new(io::Error::from(e).kind(), format!("{}: {e}", path.display())))?;
+    crate::endpoints::check_server(&sock, &path).map_err(|e| io::Error::new(io::ErrorKind::PermissionDenied, e))?;
     UnixStream::from_std(std::os::unix::net::UnixStream::from(sock))
 }
 
@@ -87,11 +187,11 @@ impl Drop for UidPlace {
 impl Master {
     /// Admits peers until the master is dropped (it keeps serving handoff
     /// confirmations while it stops).
-    pub(super) async fn bus_loop(self: Rc<Self>, listener: UnixListener) {
+    pub(super) async fn bus_loop(self: Rc<Self>, door: Door, listener: UnixListener) {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::task::spawn_local(self.clone().admit(stream));
+                    tokio::task::spawn_local(self.clone().admit(door, stream));
                 }
                 Err(e) => {
                     warn!(app = %self.cfg.app, "bus accept: {e}");
@@ -119,12 +219,13 @@ impl Master {
 
     /// Serves one bus connection from its hello to its end. Every way out
     /// drops the link's owner, which closes the socket.
-    async fn admit(self: Rc<Self>, stream: UnixStream) {
+    async fn admit(self: Rc<Self>, door: Door, stream: UnixStream) {
         let creds = match getsockopt(&stream, PeerCredentials) {
             Ok(c) => c,
             Err(e) => return warn!(app = %self.cfg.app, "bus peer without credentials: {e}"),
         };
-        let place = if Master::trusted_uid(creds.uid()) {
+        // The bus's file mode already keeps strangers out.
+        let place = if door == Door::Bus || Master::trusted_uid(creds.uid()) {
             None
         } else {
             match self.place_for(creds.uid()) {
@@ -174,24 +275,28 @@ impl Master {
         // Both ends speak the older of their two versions.
         let version = version.min(PROTOCOL_VERSION);
         match role {
-            Role::Agent { app, slot, pid: claimed_pid } => {
-                let me = nix::unistd::geteuid().as_raw();
-                if !Master::trusted_uid(creds.uid()) {
-                    self.st.borrow_mut().counters.refused_peers += 1;
-                    if self.warned.foreign_agent.due() {
-                        warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), master_uid = me, "refused bus peer: its uid is neither the master's nor root's");
-                    }
-                    return refuse(&link, "permission denied: uid not allowed to serve this app");
+            Role::Agent { app, slot, pid: _claimed } => {
+                // The kernel's pid, never the one the peer claims.
+                let pid = u32::try_from(creds.pid()).unwrap_or(0);
+                if door == Door::Control {
+                    return refuse(&link, "agents connect to the bus, not to the control socket");
                 }
-                drop(place);
                 if app != self.cfg.app {
                     return refuse(&link, &format!("this bus belongs to app {:?}, not {app:?}", self.cfg.app));
                 }
                 if !(1..=crate::sid::MAX_SLOT).contains(&slot) {
                     return refuse(&link, &format!("worker {slot} is out of range 1..={}", crate::sid::MAX_SLOT));
                 }
-                // The kernel's pid, never the one the peer claims.
-                let pid = u32::try_from(creds.pid()).unwrap_or(claimed_pid);
+                // Admitted by what runs it (its unit, or this master's
+                // spawn), not by its uid: the app's user is not trusted.
+                if let Err(why) = self.supervisor.is_agent(&self.cfg, slot, pid) {
+                    self.st.borrow_mut().counters.refused_peers += 1;
+                    if self.warned.foreign_agent.due() {
+                        warn!(app = %self.cfg.app, worker = slot, peer_uid = creds.uid(), peer_pid = pid, "refused a bus peer that claims to be an agent: {why}");
+                    }
+                    return refuse(&link, &format!("permission denied: {why}"));
+                }
+                drop(place);
                 if !self.st.borrow_mut().router.connected(slot) {
                     warn!(app = %self.cfg.app, worker = slot, pid, "second agent for one slot refused");
                     return refuse(&link, &format!("slot {slot} already has an agent"));
@@ -357,14 +462,7 @@ impl Master {
                 Err(e) => Response::Error(format!("bad request: {e}")),
                 Ok(r) if r.changes_things() && !self.privileged(&creds) => {
                     warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), request = ?r, "permission denied");
-                    Response::Error(format!(
-                        "permission denied: changing {} needs root, the master's user{}",
-                        self.cfg.app,
-                        match &self.cfg.control_group {
-                            Some(g) => format!(" or group {g}"),
-                            None => String::new(),
-                        }
-                    ))
+                    Response::Error(self.who_may_change())
                 }
                 Ok(Request::Status) => Response::Status(Box::new(self.status_with_usage().await)),
                 Ok(Request::Scale { instances }) if !(1..=crate::sid::MAX_SLOT).contains(&instances) => {
@@ -380,6 +478,25 @@ impl Master {
                 },
             };
             reply(&response);
+        }
+    }
+
+    /// The denial of a change, naming exactly who may make it.
+    fn who_may_change(&self) -> String {
+        let me = nix::unistd::geteuid();
+        let user = match nix::unistd::User::from_uid(me).ok().flatten() {
+            Some(u) => format!("user {} (the master's)", u.name),
+            None => format!("uid {me} (the master's)"),
+        };
+        let app = &self.cfg.app;
+        match &self.cfg.control_group {
+            Some(g) if me.is_root() => format!("permission denied: only root or members of group {g} may change {app}"),
+            Some(g) => format!("permission denied: only root, {user} or members of group {g} may change {app}"),
+            None => format!(
+                "permission denied: only root{} may change {app} (\"control_group\" in {} names a group that may too)",
+                if me.is_root() { String::new() } else { format!(" or {user}") },
+                self.cfg.path.display()
+            ),
         }
     }
 

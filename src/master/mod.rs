@@ -228,8 +228,9 @@ struct Warnings {
 
 pub struct Master {
     cfg: AppConfig,
-    /// The bus, bound at creation, served once running.
-    bus: RefCell<Option<tokio::net::UnixListener>>,
+    /// The bus and control sockets, bound (or taken from systemd) at
+    /// creation, served once running.
+    doors: RefCell<Option<bus::Doors>>,
     listen: Vec<SocketAddr>,
     activated: bool,
     st: RefCell<State>,
@@ -262,18 +263,23 @@ pub struct Master {
 }
 
 impl Master {
-    /// Binds the app's bus: fails if another master of the app runs.
-    pub fn new(cfg: AppConfig, listeners: &Listeners, supervisor: Supervisor) -> std::io::Result<Rc<Master>> {
+    /// Takes the app's bus and control sockets from `listeners` (systemd)
+    /// or binds them: fails if another master of the app runs.
+    pub fn new(cfg: AppConfig, listeners: &mut Listeners, supervisor: Supervisor) -> std::io::Result<Rc<Master>> {
         let scratch = RefCell::new(vec![0; cfg.limits.max_head_bytes]);
         let desired = Cell::new(fleet::saved_instances(&cfg.app).unwrap_or_else(|| cfg.instances.resolve()));
-        let bus = RefCell::new(Some(bus::listen(&cfg.app)?));
+        let systemd = matches!(supervisor, Supervisor::Systemd(_));
+        // Not dumpable: a process of the same uid (a compromised worker
+        // under `sio up`) cannot ptrace the master or read its memory.
+        nix::sys::prctl::set_dumpable(false)?;
+        let doors = RefCell::new(Some(bus::open(&cfg.app, &mut listeners.unix, systemd)?));
         let mut st = State::default();
         // A restarted master under systemd must first learn which workers
         // still run before it may call any sid's owner gone.
         st.router.discovering(matches!(supervisor, Supervisor::Systemd(_)));
         let adopting = Cell::new(matches!(supervisor, Supervisor::Systemd(_)));
         Ok(Rc::new(Master {
-            bus,
+            doors,
             listen: listeners.addresses(),
             activated: listeners.activated,
             cfg,
@@ -298,15 +304,16 @@ impl Master {
     /// being read and connections waiting for a worker are finished (within
     /// bounds), and the workers are stopped if they stop with the master.
     pub async fn run(self: Rc<Self>, listeners: Listeners, mut shutdown: Shutdown) {
-        let bus = self.bus.borrow_mut().take().expect("a master runs once");
-        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %crate::wire::bus_address(&self.cfg.app), instances = self.desired.get(), "master started");
+        let doors = self.doors.borrow_mut().take().expect("a master runs once");
+        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %doors.endpoints.bus.display(), control = %doors.endpoints.control.display(), instances = self.desired.get(), "master started");
+        let doors: Vec<_> =
+            doors.listeners.into_iter().map(|(d, l)| tokio::task::spawn_local(self.clone().bus_loop(d, l))).collect();
         let accepting: Vec<_> = listeners
             .sockets
             .into_iter()
             .map(|l| tokio::task::spawn_local(self.clone().accept_loop(l, shutdown.clone())))
             .collect();
         let background = [
-            tokio::task::spawn_local(self.clone().bus_loop(bus)),
             tokio::task::spawn_local(self.clone().expire_waiting()),
             tokio::task::spawn_local(self.clone().report_to_systemd()),
             tokio::task::spawn_local(self.clone().watch_failures()),
@@ -320,7 +327,7 @@ impl Master {
             let _ = t.await;
         }
         self.finish().await;
-        for t in background {
+        for t in background.into_iter().chain(doors) {
             t.abort();
         }
         info!(app = %self.cfg.app, "master stopped");

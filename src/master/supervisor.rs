@@ -39,6 +39,7 @@ impl Supervisor {
     pub fn embedded(shutdown: Shutdown) -> std::io::Result<Supervisor> {
         Ok(Supervisor::Embedded(Rc::new(Embedded {
             exe: std::env::current_exe()?,
+            runtime_dir: crate::endpoints::private_dir()?,
             running: RefCell::default(),
             retired: RefCell::default(),
             shutdown,
@@ -48,6 +49,18 @@ impl Supervisor {
 
     pub async fn systemd(app: &str) -> zbus::Result<Supervisor> {
         Ok(Supervisor::Systemd(Rc::new(Workers::connect(app).await?)))
+    }
+
+    /// Whether process `pid` is the agent of worker `slot`: one this master
+    /// spawned (`sio up`), or one running in that worker's unit.
+    pub fn is_agent(&self, cfg: &AppConfig, slot: u16, pid: u32) -> Result<(), String> {
+        match self {
+            Supervisor::Embedded(e) => match e.running.borrow().get(&slot) {
+                Some(&p) if p == pid => Ok(()),
+                _ => Err(format!("pid {pid} is not the agent this master started for worker {slot}")),
+            },
+            Supervisor::Systemd(_) => crate::systemd::runs_in_worker_unit(&cfg.app, slot, pid),
+        }
     }
 
     /// Workers already running when the master starts (to adopt).
@@ -127,6 +140,9 @@ impl Supervisor {
 
 pub struct Embedded {
     exe: PathBuf,
+    /// Where the master's sockets are, told to the agents it spawns (it
+    /// would not do to find a systemd-run namesake's in /run/sio).
+    runtime_dir: PathBuf,
     /// Slot -> pid of the running agent.
     running: RefCell<BTreeMap<u16, u32>>,
     /// Slots stopped on purpose: not restarted.
@@ -145,6 +161,7 @@ impl Embedded {
         while self.keeps(slot) {
             let mut cmd = tokio::process::Command::new(&self.exe);
             cmd.arg("worker").arg(format!("{}:{slot}", cfg.app)).arg("--config").arg(&cfg.path);
+            cmd.env("SIO_RUNTIME_DIR", &self.runtime_dir);
             // Agents die with the master, and a terminal's Ctrl-C reaches
             // only the master, which then stops them in order.
             // SAFETY: prctl and setpgid are async-signal-safe.

@@ -33,6 +33,29 @@ pub fn master_unit(app: &str) -> String {
     format!("sio@{app}.service")
 }
 
+/// The service a process runs in, from its `/proc/PID/cgroup`: the last
+/// `*.service` component of its cgroup path (the unified hierarchy's line
+/// `0::`, else the `name=systemd` one), which a process cannot leave
+/// without privileges systemd's units do not grant.
+pub fn service_of_cgroup(cgroup: &str) -> Option<&str> {
+    let path_of = |prefix: &str| cgroup.lines().find_map(|l| l.strip_prefix(prefix));
+    let path =
+        path_of("0::").or_else(|| cgroup.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)))?;
+    path.rsplit('/').find(|c| c.ends_with(".service"))
+}
+
+/// Whether process `pid` runs in worker unit `slot` of `app`.
+pub fn runs_in_worker_unit(app: &str, slot: u16, pid: u32) -> Result<(), String> {
+    let unit = worker_unit(app, slot);
+    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("cannot tell the unit of pid {pid}: {e}"))?;
+    match service_of_cgroup(&cgroup) {
+        Some(u) if u == unit => Ok(()),
+        Some(u) => Err(format!("pid {pid} runs in {u}, not in {unit}")),
+        None => Err(format!("pid {pid} runs in no service, not in {unit}")),
+    }
+}
+
 /// An app's worker units, managed through systemd's D-Bus API.
 pub struct Workers {
     conn: zbus::Connection,
@@ -157,5 +180,24 @@ impl Workers {
             cpu_ns: service.cpu_usage_nsec().await.ok().and_then(valid),
             restarts: service.n_restarts().await.ok(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_service_of_a_process_comes_from_its_cgroup_path() {
+        let v2 = "0::/system.slice/system-sio\\x2dworker.slice/sio-worker@chat:1.service\n";
+        assert_eq!(service_of_cgroup(v2), Some("sio-worker@chat:1.service"));
+        // A sub-cgroup inside the unit (delegation) still names the unit.
+        assert_eq!(service_of_cgroup("0::/system.slice/sio@chat.service/payload\n"), Some("sio@chat.service"));
+        let hybrid = "12:cpu:/x\n1:name=systemd:/system.slice/sio-worker@a:2.service\n0::/\n";
+        assert_eq!(service_of_cgroup(hybrid), None, "the unified line wins, and names no service here");
+        let v1 = "12:cpu:/x\n1:name=systemd:/system.slice/sio-worker@a:2.service\n";
+        assert_eq!(service_of_cgroup(v1), Some("sio-worker@a:2.service"));
+        assert_eq!(service_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
+        assert_eq!(service_of_cgroup(""), None);
     }
 }

@@ -7,7 +7,7 @@ pub mod sandbox;
 use serde_json::{json, Value};
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ pub fn previous_agent() -> PathBuf {
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
 
-/// A unique app name per test (apps share the abstract socket namespace).
+/// A unique app name per test (apps share /run/sio and the journal).
 pub fn app_name() -> String {
     format!("t{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
@@ -96,9 +96,16 @@ impl App {
 
     /// Same, with fields merged into the config (e.g. `timeouts`).
     pub fn start_with(workers: u16, extra: Value) -> App {
+        App::start_named(&app_name(), workers, extra, |_| {})
+    }
+
+    /// Same, for app `name`, with `prepare` run on its runtime folder
+    /// (not created yet) before the master starts.
+    pub fn start_named(name: &str, workers: u16, extra: Value, prepare: impl FnOnce(&Path)) -> App {
         ensure_node_modules();
-        let name = app_name();
+        let name = name.to_owned();
         let dir = scratch_dir(&name);
+        prepare(&dir.join("run"));
         let mut cfg = json!({
             "command": ["node", node_dir().join("worker.js")],
             "cwd": node_dir(),
@@ -115,6 +122,7 @@ impl App {
             .arg("up")
             .arg(&config)
             .env("SIO_LOG", "info,sio=debug")
+            .env("SIO_RUNTIME_DIR", dir.join("run"))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -134,9 +142,21 @@ impl App {
         self.child.as_ref().unwrap().id()
     }
 
+    /// The master's private folder of sockets (`APP.bus`, `APP.control`).
+    pub fn runtime_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    /// `sioctl ARGS` for this app's master.
+    pub fn sioctl(&self) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_sioctl"));
+        cmd.env("SIO_RUNTIME_DIR", self.runtime_dir());
+        cmd
+    }
+
     /// `sioctl status APP --json`, or None while no master answers.
     pub fn try_status(&self) -> Option<Value> {
-        let out = Command::new(env!("CARGO_BIN_EXE_sioctl")).args(["status", &self.name, "--json"]).output().unwrap();
+        let out = self.sioctl().args(["status", &self.name, "--json"]).output().unwrap();
         out.status.success().then(|| serde_json::from_slice(&out.stdout).unwrap())
     }
 
@@ -219,15 +239,15 @@ pub fn alive(pid: u32) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| !s.contains(") Z "))
 }
 
-/// Runs `tests/bus_probe.py` (hostile bus peers), as `uid` if given, and
-/// returns what it reported.
-pub fn bus_probe(uid: Option<u32>, args: &[&str]) -> Value {
-    use std::os::unix::process::CommandExt;
-    let mut cmd = Command::new("python3");
-    cmd.arg(repo().join("tests/bus_probe.py")).args(args).stdin(Stdio::null());
-    if let Some(uid) = uid {
-        cmd.uid(uid).gid(uid);
-    }
+/// Runs `tests/bus_probe.py` (hostile peers of the Unix socket at `path`),
+/// and returns what it reported.
+pub fn bus_probe(path: &Path, args: &[&str]) -> Value {
+    bus_probe_with(Command::new("python3"), path, args)
+}
+
+/// The same, run by `cmd` (e.g. `setpriv` into a sandbox, as another uid).
+pub fn bus_probe_with(mut cmd: Command, path: &Path, args: &[&str]) -> Value {
+    cmd.arg(repo().join("tests/bus_probe.py")).arg(path).args(args).stdin(Stdio::null());
     let out = cmd.output().expect("python3 is needed for the bus probes");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "bus_probe.py failed: {stdout}{}", String::from_utf8_lossy(&out.stderr));

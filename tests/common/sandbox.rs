@@ -1,6 +1,8 @@
 //! A real systemd per test: PID 1 of its own PID + mount + cgroup
-//! namespaces, with only journald, D-Bus and the repo's units (their
-//! `/usr/bin/sio*` paths pointed at the fresh build). The network namespace
+//! namespaces, with only journald, D-Bus, polkit (with the repo's rule in
+//! place of the host's /etc/polkit-1/rules.d) and the repo's units (their
+//! `/usr/bin/sio*` paths pointed at the fresh build), run as the users of
+//! the repo's sysusers.d entry. The network namespace
 //! is shared, so its sockets are reachable on 127.0.0.1 directly.
 //!
 //! Pitfalls avoided (see the design notes): the unit path never ends with
@@ -32,7 +34,34 @@ const HOST_UNITS: &[&str] = &[
     "systemd-journald-dev-log.socket",
     "dbus.service",
     "dbus.socket",
+    // The unprivileged master starts and stops its workers through polkit.
+    "polkit.service",
 ];
+
+/// The users the units run as, from the repo's sysusers.d entry (on the
+/// host: the sandbox shares its /etc/passwd). Also checks that those users
+/// can reach the build and the test fixtures.
+fn ensure_users() {
+    let sysusers = super::repo().join("systemd/sio.sysusers");
+    let out = Command::new("systemd-sysusers").arg(&sysusers).output().unwrap();
+    assert!(out.status.success(), "systemd-sysusers: {}", String::from_utf8_lossy(&out.stderr));
+    for (user, path) in [("sio", env!("CARGO_BIN_EXE_sio")), ("sio-app", env!("CARGO_BIN_EXE_sio"))] {
+        let ok = Command::new("setpriv")
+            .args([&format!("--reuid={user}"), &format!("--regid={user}"), "--init-groups", "test", "-x", path])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "user {user} cannot run {path}: the checkout's folders must be open to other users (chmod o+x)");
+    }
+    let worker = super::node_dir().join("worker.js");
+    let ok = Command::new("setpriv")
+        .args(["--reuid=sio-app", "--regid=sio-app", "--init-groups", "test", "-r"])
+        .arg(&worker)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "user sio-app cannot read {}: the checkout must be readable by other users", worker.display());
+}
 
 pub struct Sandbox {
     pub dir: PathBuf,
@@ -50,6 +79,7 @@ fn sh(script: &str) -> Output {
 impl Sandbox {
     /// Boots a sandbox whose /etc/sio is `configs` (name, JSON).
     pub fn boot(name: &str, configs: &[(&str, serde_json::Value)]) -> Sandbox {
+        ensure_users();
         // Not under /tmp: the units run with PrivateTmp=yes.
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{name}"));
         let _ = fs::remove_dir_all(&dir);
@@ -57,9 +87,14 @@ impl Sandbox {
         let config_dir = dir.join("etc-sio");
         let state_dir = dir.join("state");
         let generators = dir.join("generators");
-        for d in [&units, &config_dir, &state_dir, &generators] {
+        let polkit_rules = dir.join("polkit-rules");
+        for d in [&units, &config_dir, &state_dir, &generators, &polkit_rules] {
             fs::create_dir_all(d).unwrap();
         }
+        // The master's state directory is its user's (StateDirectory= does
+        // that for /var/lib/sio).
+        sh(&format!("chown sio:sio {}", state_dir.display()));
+        fs::copy(super::repo().join("systemd/sio.rules"), polkit_rules.join("50-sio.rules")).unwrap();
         for (app, cfg) in configs {
             fs::write(config_dir.join(format!("{app}.json")), serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         }
@@ -72,7 +107,7 @@ impl Sandbox {
         let sio = env!("CARGO_BIN_EXE_sio");
         let sioctl = env!("CARGO_BIN_EXE_sioctl");
         let repo_units = super::repo().join("systemd");
-        for unit in ["sio@.socket", "sio@.service", "sio-worker@.service"] {
+        for unit in ["sio@.socket", "sio-bus@.socket", "sio@.service", "sio-worker@.service"] {
             let text = fs::read_to_string(repo_units.join(unit)).unwrap();
             fs::write(
                 units.join(unit),
@@ -103,10 +138,12 @@ impl Sandbox {
 
         let boot = format!(
             "#!/bin/sh\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd\numount -R /sys/fs/cgroup\n\
+             mount --bind {polkit_rules} /etc/polkit-1/rules.d\n\
              export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator\nexport SYSTEMD_GENERATOR_PATH={generators}\n\
              export container=sio-test\nexec /lib/systemd/systemd --system --unit=default.target\n",
             units = units.display(),
-            generators = generators.display()
+            generators = generators.display(),
+            polkit_rules = polkit_rules.display()
         );
         let cg = format!("sio-test-{name}");
         let enter = format!(
@@ -165,6 +202,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
             "systemd-journald.service",
             "dbus.socket",
             "dbus.service",
+            "polkit.service",
         ]);
         sandbox
     }
@@ -180,7 +218,28 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
     /// Runs a command inside the sandbox (its PID and mount namespaces).
     pub fn exec(&self, args: &[&str]) -> Output {
-        Command::new("nsenter").arg("-t").arg(self.pid.to_string()).args(["-p", "-m"]).args(args).output().unwrap()
+        self.command(None, args).output().unwrap()
+    }
+
+    /// A command to run inside the sandbox, as `user` if given.
+    pub fn command(&self, user: Option<&str>, args: &[&str]) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg("-t").arg(self.pid.to_string()).args(["-p", "-m"]);
+        if let Some(u) = user {
+            let found = match u.parse::<u32>() {
+                Ok(uid) => nix::unistd::User::from_uid(uid.into()),
+                Err(_) => nix::unistd::User::from_name(u),
+            };
+            let found = found.unwrap().unwrap_or_else(|| panic!("no user {u}"));
+            cmd.args([
+                "setpriv",
+                &format!("--reuid={}", found.uid),
+                &format!("--regid={}", found.gid),
+                "--init-groups",
+            ]);
+        }
+        cmd.args(args);
+        cmd
     }
 
     /// `systemctl ARGS`, which must succeed; returns its stdout.
@@ -203,15 +262,11 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
     /// `sioctl ARGS` inside the sandbox (as root unless `uid` is given).
     pub fn sioctl(&self, args: &[&str], uid: Option<u32>) -> Output {
-        let mut full: Vec<String> = Vec::new();
-        if let Some(u) = uid {
-            full.extend(["setpriv".into(), format!("--reuid={u}"), format!("--regid={u}"), "--clear-groups".into()]);
-        }
-        full.push(env!("CARGO_BIN_EXE_sioctl").into());
+        let mut full: Vec<String> = vec![env!("CARGO_BIN_EXE_sioctl").into()];
         full.extend(["--config-dir".into(), self.config_dir.display().to_string()]);
         full.extend(args.iter().map(|a| a.to_string()));
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
-        self.exec(&refs)
+        self.command(uid.map(|u| u.to_string()).as_deref(), &refs).output().unwrap()
     }
 
     /// `sioctl status APP --json`.

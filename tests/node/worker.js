@@ -51,6 +51,34 @@ io.on("connection", (socket) => {
     setTimeout(() => ack({ worker: me }), 200);
   });
   socket.on("to-room", (room, payload) => io.to(room).emit("room-msg", { from: me, payload }));
+  // What the app may do to its host: each attempt's outcome (an errno
+  // code, "denied: ..." for a refused D-Bus call, or "allowed").
+  socket.on("privileges", ({ masterPid, app }, ack) => {
+    const fs = require("fs");
+    const { execFileSync } = require("child_process");
+    const attempt = (f) => {
+      try {
+        f();
+        return "allowed";
+      } catch (e) {
+        if (e.stderr) return `denied: ${String(e.stderr).trim().split("\n")[0]}`;
+        return e.code || String(e.message);
+      }
+    };
+    const systemd = (method, unit) => () =>
+      execFileSync("busctl", ["call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1", "org.freedesktop.systemd1.Manager", method, "ss", unit, "replace"], { stdio: "pipe" });
+    ack({
+      uid: process.getuid(),
+      readShadow: attempt(() => fs.readFileSync("/etc/shadow")),
+      writeEtc: attempt(() => fs.writeFileSync("/etc/sio-probe", "x")),
+      writeCwd: attempt(() => fs.writeFileSync(require("path").join(process.cwd(), ".sio-probe"), "x")),
+      signalMaster: attempt(() => process.kill(masterPid, 0)),
+      readMaster: attempt(() => fs.readFileSync(`/proc/${masterPid}/environ`)),
+      stopDbus: attempt(systemd("StopUnit", "dbus.service")),
+      stopSibling: attempt(systemd("StopUnit", `sio-worker@${app}:2.service`)),
+      startWorker: attempt(systemd("StartUnit", `sio-worker@${app}:3.service`)),
+    });
+  });
   // The app's JavaScript gets stuck for good: its event loop never runs again.
   socket.on("hang", () => {
     for (;;) {}
