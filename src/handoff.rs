@@ -139,11 +139,16 @@ impl Link {
     pub async fn written_through(&self, position: u64) {
         loop {
             let progress = self.drained.notified();
-            if self.closed.get() || self.written_total.get() >= position {
+            if self.is_written_through(position) {
                 return;
             }
             progress.await;
         }
+    }
+
+    /// Whether the stream up to `position` is in the kernel (or the link closed).
+    pub fn is_written_through(&self, position: u64) -> bool {
+        self.closed.get() || self.written_total.get() >= position
     }
 
     /// Marks the link dead: queued items are dropped (fds closed), further

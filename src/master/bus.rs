@@ -22,7 +22,8 @@ use crate::logging::RateLimit;
 use crate::nodeipc::{self, AdapterHeader};
 use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::socket::{getsockopt, sockopt::PeerCredentials, UnixCredentials};
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::linux::net::SocketAddrExt;
@@ -106,8 +107,9 @@ pub(super) fn open(
         listeners.push((Door::Bus, bind_private(app, &endpoints.bus, 0o600)?));
         listeners.push((Door::Control, bind_private(app, &endpoints.control, 0o666)?));
     }
-    if let Some(legacy) = bind_legacy(app) {
-        listeners.push((Door::Legacy, legacy));
+    // Agents of protocol 1 ran only as worker units.
+    if systemd {
+        listeners.extend(bind_legacy(app).map(|l| (Door::Legacy, l)));
     }
     Ok(Doors { endpoints, listeners })
 }
@@ -309,8 +311,8 @@ impl Master {
                 reader.set_max(wire::MAX_FRAME);
                 info!(app = %self.cfg.app, worker = slot, pid, version, "worker connected");
                 self.worker_changed();
-                let (relayed, written) = tokio::sync::mpsc::unbounded_channel();
-                let acknowledging = tokio::task::spawn_local(acknowledge(link.clone(), written));
+                let relayed = Rc::new(Unacknowledged::default());
+                let acknowledging = tokio::task::spawn_local(acknowledge(link.clone(), relayed.clone()));
                 self.serve_agent(slot, &link, reader, &relayed).await;
                 acknowledging.abort();
                 self.agent_gone(slot);
@@ -323,7 +325,7 @@ impl Master {
         }
     }
 
-    async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader, relayed: &Relayed) {
+    async fn serve_agent(self: &Rc<Self>, slot: u16, link: &Link, mut reader: FrameReader, relayed: &Unacknowledged) {
         let drop_warning = RateLimit::default();
         let mut served: u32 = 0;
         loop {
@@ -384,8 +386,8 @@ impl Master {
                 }
                 ToMaster::Broadcast { seq, header, frame } => {
                     self.adoption_over().await;
-                    let written = self.relay(slot, &header, frame, Some(seq), &drop_warning);
-                    let _ = relayed.send((seq, written));
+                    let copies = self.relay(slot, &header, frame, Some(seq), &drop_warning);
+                    relayed.push(seq, copies);
                 }
                 ToMaster::Hello { .. } | ToMaster::Control(_) => {
                     return warn!(app = %self.cfg.app, worker = slot, "agent sent an unexpected frame: dropped");
@@ -404,7 +406,7 @@ impl Master {
         frame: Vec<u8>,
         seq: Option<u64>,
         drop_warning: &RateLimit,
-    ) -> Vec<(Rc<Link>, u64)> {
+    ) -> Copies {
         let mut st = self.st.borrow_mut();
         let st = &mut *st;
         if header.kind != nodeipc::ADAPTER_CLOSE {
@@ -521,26 +523,72 @@ fn supplementary_groups(pid: i32) -> Vec<u32> {
     line.split_whitespace().filter_map(|g| g.parse().ok()).collect()
 }
 
-/// A numbered broadcast as relayed: its number, and where each copy ends
-/// in its target's stream.
-type Copies = (u64, Vec<(Rc<Link>, u64)>);
-type Relayed = tokio::sync::mpsc::UnboundedSender<Copies>;
+/// Where each copy of a relayed broadcast ends in its target's stream.
+type Copies = Vec<(Rc<Link>, u64)>;
+
+/// Relayed batches kept apart at most; past that the newest absorbs the
+/// next (acknowledgements are cumulative, so merging only acknowledges
+/// later), so a target that stops reading costs a bounded amount here.
+const MAX_UNACKNOWLEDGED_BATCHES: usize = 1024;
+
+/// An agent's numbered broadcasts as relayed and not yet acknowledged.
+#[derive(Default)]
+pub(super) struct Unacknowledged {
+    batches: RefCell<VecDeque<(u64, Copies)>>,
+    added: tokio::sync::Notify,
+}
+
+impl Unacknowledged {
+    fn push(&self, seq: u64, copies: Copies) {
+        let mut batches = self.batches.borrow_mut();
+        let full = batches.len() >= MAX_UNACKNOWLEDGED_BATCHES;
+        match batches.back_mut() {
+            Some((last, merged)) if full => {
+                *last = seq;
+                for (link, position) in copies {
+                    match merged.iter_mut().find(|(l, _)| Rc::ptr_eq(l, &link)) {
+                        Some((_, p)) => *p = (*p).max(position),
+                        None => merged.push((link, position)),
+                    }
+                }
+            }
+            _ => batches.push_back((seq, copies)),
+        }
+        self.added.notify_one();
+    }
+
+    /// Removes the batches whose copies are all written; the highest seq.
+    fn take_written(&self) -> Option<u64> {
+        let mut batches = self.batches.borrow_mut();
+        let mut through = None;
+        while let Some((seq, copies)) = batches.front() {
+            if !copies.iter().all(|(l, p)| l.is_written_through(*p)) {
+                break;
+            }
+            through = Some(*seq);
+            batches.pop_front();
+        }
+        through
+    }
+}
 
 /// Acknowledges an agent's broadcasts once every copy is written to its
 /// target's socket (from there the kernel delivers it even if this master
 /// dies), one acknowledgement for all that are through.
-async fn acknowledge(origin: Rc<Link>, mut relayed: tokio::sync::mpsc::UnboundedReceiver<Copies>) {
-    while let Some((mut seq, mut copies)) = relayed.recv().await {
-        loop {
-            for (link, position) in &copies {
-                link.written_through(*position).await;
-            }
-            match relayed.try_recv() {
-                Ok((next, its_copies)) => (seq, copies) = (next, its_copies),
-                Err(_) => break,
+async fn acknowledge(origin: Rc<Link>, pending: Rc<Unacknowledged>) {
+    loop {
+        let oldest = pending.batches.borrow().front().map(|(_, copies)| copies.clone());
+        match oldest {
+            None => pending.added.notified().await,
+            Some(copies) => {
+                for (link, position) in &copies {
+                    link.written_through(*position).await;
+                }
             }
         }
-        origin.send(ToAgent::Acked(seq).to_frame().into(), None);
+        if let Some(seq) = pending.take_written() {
+            origin.send(ToAgent::Acked(seq).to_frame().into(), None);
+        }
     }
 }
 
@@ -552,4 +600,31 @@ fn welcome(link: &Link, version: u16) {
 fn refuse(link: &Link, reason: &str) {
     link.send(ToAgent::Refused(reason.to_owned()).to_frame().into(), None);
     link.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_that_stops_reading_costs_a_bounded_number_of_batches() {
+        crate::up::block_on(async {
+            let (ours, _theirs) = UnixStream::pair().unwrap();
+            let target = Link::spawn(ours);
+            let pending = Unacknowledged::default();
+            // Copies that never get written: the target reads nothing.
+            let never = target.position() + (1 << 40);
+            for seq in 1..=5000 {
+                pending.push(seq, vec![(Rc::clone(&target), never + seq)]);
+            }
+            assert_eq!(pending.batches.borrow().len(), MAX_UNACKNOWLEDGED_BATCHES);
+            assert_eq!(pending.take_written(), None, "nothing written, nothing acknowledged");
+            let (last, copies) = pending.batches.borrow().back().cloned().unwrap();
+            assert_eq!((last, copies.len(), copies[0].1), (5000, 1, never + 5000), "merged into the newest");
+            // A target that goes away counts as written.
+            target.close();
+            assert_eq!(pending.take_written(), Some(5000));
+            assert!(pending.batches.borrow().is_empty());
+        });
+    }
 }
