@@ -40,6 +40,13 @@ fn booted(instances: u16) -> (Sandbox, String, u16) {
 fn socket_activation_starts_the_master_and_its_workers() {
     let (sb, app, port) = booted(2);
     sb.systemctl(&["start", &format!("sio@{app}.socket")]);
+    // Asking for the status goes through the control socket, which must
+    // not activate the master: reading changes nothing.
+    let out = sb.sioctl(&["status", &app], None);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not running (sio@"), "{out:?}");
+    let out = sb.sioctl(&["ls"], None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not running"), "{out:?}");
+    assert!(sb.exec(&["systemctl", "is-active", "--quiet", &format!("sio@{app}.service")]).status.code() != Some(0));
     assert!(sb.active_workers(&app).is_empty(), "nothing runs before the first connection");
     // The first connection activates the master, which starts the workers,
     // and is served by the first one ready.

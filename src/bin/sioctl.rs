@@ -59,6 +59,11 @@ enum Command {
 /// as they come.
 fn ask(app: &str, request: &Request) -> Result<Response, String> {
     let path = Endpoints::find(app).control;
+    if let Some(state) = stopped_under_systemd(app, &path) {
+        return Err(format!(
+            "the master of {app:?} is not running (sio@{app}.service is {state}; `systemctl start sio@{app}.socket` starts it)"
+        ));
+    }
     let mut s = UnixStream::connect(&path)
         .map_err(|e| format!("the master of {app:?} is not running ({}: {e})", path.display()))?;
     sio::endpoints::check_server(&s, &path)?;
@@ -89,6 +94,21 @@ fn ask(app: &str, request: &Request) -> Result<Response, String> {
             _ => return Err("unexpected answer".into()),
         }
     }
+}
+
+/// Under systemd, the state of an app's master if it is stopped: then its
+/// control socket would start it (socket activation), and asking for a
+/// status must change nothing.
+fn stopped_under_systemd(app: &str, control: &std::path::Path) -> Option<String> {
+    if !control.starts_with(sio::endpoints::SYSTEM_DIR) || !std::path::Path::new("/run/systemd/system").exists() {
+        return None;
+    }
+    let out = std::process::Command::new("systemctl")
+        .args(["show", "--property=ActiveState", "--value", &format!("sio@{app}.service")])
+        .output()
+        .ok()?;
+    let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (out.status.success() && (state == "inactive" || state == "failed")).then_some(state)
 }
 
 fn mib(bytes: Option<u64>) -> String {
