@@ -472,12 +472,15 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     let (sb, app, port) = booted(2);
     // Before the master ever ran, nobody binds protocol 1's abstract name.
     let mut squatter = std::process::Command::new("/usr/bin/python3")
-        .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(b'\\0sio/'+sys.argv[1].encode()); s.listen(); time.sleep(600)", &app])
+        .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(b'\\0sio/'+sys.argv[1].encode()); s.listen(); print('bound', flush=True); time.sleep(600)", &app])
         .uid(65534)
         .gid(65534)
+        .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(Duration::from_millis(500)); // bound by then
+    let mut said = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(squatter.stdout.take().unwrap()), &mut said).unwrap();
+    assert_eq!(said.trim(), "bound");
     sb.systemctl(&["start", &format!("sio@{app}.socket")]);
     let r = node("race.js", &[&port.to_string(), "20"]);
     assert_eq!(r["counts"], json!({"ok": 20}), "the app starts and serves: {r}");
@@ -490,7 +493,7 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     // Another uid cannot connect to the bus; on the control socket it is
     // capped at 32 connections.
     assert_eq!(probe("nobody", &bus, &["close", "5"])["connected"], 0);
-    let r = probe("nobody", &control, &["connect", "40", "1000"]);
+    let r = probe("nobody", &control, &["connect", "40", "2000"]);
     assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
     // The agents' own uid, outside a worker unit: refused, by the kernel's pid.
     let out = sb
