@@ -203,7 +203,8 @@ impl Master {
         }
     }
 
-    /// Whether a uid is the master's own or root's: such peers may be agents.
+    /// Whether a uid is the master's own or root's: such peers are not
+    /// capped per uid, and may change things.
     fn trusted_uid(uid: u32) -> bool {
         uid == 0 || uid == nix::unistd::geteuid().as_raw()
     }
@@ -503,7 +504,7 @@ impl Master {
     }
 
     fn privileged(&self, creds: &UnixCredentials) -> bool {
-        if creds.uid() == 0 || creds.uid() == nix::unistd::geteuid().as_raw() {
+        if Master::trusted_uid(creds.uid()) {
             return true;
         }
         let Some(group) =
