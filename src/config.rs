@@ -155,6 +155,33 @@ fn default_instances() -> Instances {
     Instances::Max
 }
 
+/// One field of `APP.json`, as the config reference documents it.
+pub struct Field {
+    pub name: &'static str,
+    pub default: &'static str,
+    pub meaning: &'static str,
+}
+
+/// Every field of `APP.json`: the reference from which `sio.json(5)` is
+/// generated, checked against the README's table by a test.
+pub const FIELDS: &[Field] = &[
+    Field { name: "command", default: "required", meaning: "the worker program and its arguments" },
+    Field { name: "cwd", default: "the config file's folder", meaning: "the worker's working directory (relative paths are from the config's folder)" },
+    Field { name: "env", default: "`{}`", meaning: "extra environment for the worker" },
+    Field { name: "instances", default: "`\"max\"`", meaning: "number of workers, 1–4095, or `\"max\"`: one per CPU available to the master" },
+    Field { name: "listen", default: "`\"127.0.0.1:3000\"`", meaning: "address or list of addresses, used when not socket-activated; port 0 picks a free port (see `sioctl status`)" },
+    Field { name: "timeouts.head_ms", default: "10000", meaning: "a client has this long to send its request head (then 408)" },
+    Field { name: "timeouts.worker_wait_ms", default: "10000", meaning: "a request waits this long for a ready worker (then 503)" },
+    Field { name: "timeouts.stop_ms", default: "5000", meaning: "a worker has this long between SIGTERM and SIGKILL" },
+    Field { name: "timeouts.ready_ms", default: "30000", meaning: "a new worker (scale, reload) has this long to become ready" },
+    Field { name: "timeouts.drain_ms", default: "2000", meaning: "a worker being removed serves its sessions this long, taking no new ones, before it is stopped" },
+    Field { name: "timeouts.handoff_ms", default: "5000", meaning: "a worker that has not acknowledged a connection handed to it for this long is hung: killed and restarted, its connections served by the others" },
+    Field { name: "limits.max_head_bytes", default: "16384", meaning: "largest request head (then 431); 256–1048576" },
+    Field { name: "limits.max_pending_connections", default: "10000", meaning: "connections the master holds (head being read, waiting for a worker, handed off and not yet acknowledged); above it accepting pauses and the kernel's backlog holds the rest" },
+    Field { name: "limits.bus_queue_bytes", default: "64 MiB", meaning: "relayed frames queued for one worker before frames to it are dropped; also the broadcasts an agent keeps until the master acknowledges them (the oldest go first past it)" },
+    Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
+];
+
 /// An app as written in `APP.json`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -528,5 +555,21 @@ mod tests {
         assert_eq!(c.instances, Instances::Count(3));
         assert_eq!(c.listen.len(), 2);
         assert!(Instances::Max.resolve() >= 1);
+    }
+
+    #[test]
+    fn the_field_reference_is_the_readmes_table_and_the_parsers_fields() {
+        let readme = include_str!("../README.md");
+        let table = &readme[readme.find("| field | default | meaning |").expect("the README has the table")..];
+        let rows: Vec<String> = table.lines().skip(2).take_while(|l| l.starts_with('|')).map(str::to_owned).collect();
+        let ours: Vec<String> =
+            FIELDS.iter().map(|f| format!("| `{}` | {} | {} |", f.name, f.default, f.meaning)).collect();
+        assert_eq!(rows, ours, "README.md's config table and config::FIELDS differ");
+        for f in FIELDS {
+            let top = f.name.split('.').next().unwrap();
+            let text = format!(r#"{{"command": ["node"], "{top}": null}}"#);
+            let err = AppConfig::parse(std::path::Path::new("/x/app.json"), &text).err().map(|e| e.to_string());
+            assert!(!err.unwrap_or_default().contains("unknown field"), "{} is not a field", f.name);
+        }
     }
 }

@@ -21,14 +21,17 @@
 //! * [`up`]: `sio up`, master and agents in the foreground.
 //! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator.
 //! * [`control`]: `sioctl` requests and answers.
+//! * [`cli`], [`docs`]: the command lines, and the man pages and completions made from them.
 //! * [`endpoints`]: where the bus and control sockets live, and whom to trust on them.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
 //! * [`heap`]: heap bytes in use, counted by the allocator.
 
 pub mod agent;
 pub mod balance;
+pub mod cli;
 pub mod config;
 pub mod control;
+pub mod docs;
 pub mod endpoints;
 pub mod handoff;
 pub mod heap;

@@ -1,67 +1,16 @@
 //! `sio`: the daemon side. `sio up` runs apps in the foreground; `sio
 //! master` and `sio worker` are what the systemd units run.
 
-use clap::{Parser, Subcommand};
-use sio::config::{AppConfig, ConfigError, DEFAULT_CONFIG_DIR};
+use clap::Parser;
+use sio::cli::{Cli, Command, Supervision};
+use sio::config::{AppConfig, ConfigError};
 use sio::up::Mode;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::ExitCode;
 
 /// Counts heap bytes in use, for `sioctl status` (see `sio::heap`).
 #[global_allocator]
 static HEAP: sio::heap::Counting = sio::heap::Counting;
-
-#[derive(Parser)]
-#[command(name = "sio", version, about = "Scale Socket.IO servers across CPU cores, supervised by systemd")]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run apps in the foreground, without systemd: an APP.json file, or a
-    /// folder of them. Ctrl-C stops everything.
-    Up { path: PathBuf },
-    /// Run the master of APP (what sio@APP.service runs).
-    Master {
-        app: String,
-        /// Folder of APP.json files.
-        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
-        config_dir: PathBuf,
-        /// Who runs the workers: systemd units (when run by systemd), or
-        /// agents spawned by the master.
-        #[arg(long, value_enum, default_value_t = Supervision::Auto)]
-        supervisor: Supervision,
-    },
-    /// The systemd generator: writes each app's `listen` addresses as a
-    /// drop-in for sio@APP.socket (installed as sio-generator).
-    Generate {
-        /// The generator's output folder ("normal"); systemd passes three.
-        out: PathBuf,
-        #[arg(hide = true)]
-        rest: Vec<PathBuf>,
-        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
-        config_dir: PathBuf,
-    },
-    /// Run the agent of one worker, APP:N (what sio-worker@APP:N.service runs).
-    Worker {
-        instance: String,
-        /// Folder of APP.json files.
-        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
-        config_dir: PathBuf,
-        /// The app's config file (instead of looking in --config-dir).
-        #[arg(long)]
-        config: Option<PathBuf>,
-    },
-}
-
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Supervision {
-    Auto,
-    Systemd,
-    Embedded,
-}
 
 fn fail(message: impl std::fmt::Display) -> ExitCode {
     eprintln!("sio: {message}");
@@ -116,9 +65,9 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Generate { out, rest: _, config_dir } => match sio::systemd::generator::generate(&config_dir, &out) {
+        Command::Docs { dir } => match sio::docs::write_all(&dir) {
             Ok(()) => ExitCode::SUCCESS,
-            Err(e) => fail(format!("generator: {e}")),
+            Err(e) => fail(format!("docs: {e}")),
         },
         Command::Worker { instance, config_dir, config } => {
             let Some((app, slot)) =

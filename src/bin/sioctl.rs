@@ -4,56 +4,15 @@
 //! checked by the master itself: only root, the master's user or the app's
 //! `control_group` may run them.
 
-use clap::{Parser, Subcommand};
-use sio::config::DEFAULT_CONFIG_DIR;
+use clap::Parser;
+use sio::cli::{CtlCli as Cli, CtlCommand as Command};
 use sio::control::{thousands, Request, Response, Status};
 use sio::endpoints::Endpoints;
 use sio::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-
-#[derive(Parser)]
-#[command(name = "sioctl", version, about = "Operate sio apps (PM2's verbs, on systemd)")]
-struct Cli {
-    /// Folder of APP.json files.
-    #[arg(long, global = true, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
-    config_dir: PathBuf,
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Every configured app, and whether its master runs.
-    Ls {
-        #[arg(long)]
-        json: bool,
-    },
-    /// Workers, their state, sessions, memory, CPU and restarts.
-    Status {
-        /// One app (default: every configured app).
-        app: Option<String>,
-        #[arg(long)]
-        json: bool,
-    },
-    /// Run N workers (kept across master restarts).
-    Scale { app: String, instances: u16 },
-    /// Replace every worker, one at a time, never fewer ready than before.
-    Reload { app: String },
-    /// The journal of the master and all workers of APP.
-    Logs {
-        app: String,
-        /// Keep following.
-        #[arg(short, long)]
-        follow: bool,
-        /// Lines to show.
-        #[arg(short = 'n', long, default_value_t = 100)]
-        lines: u32,
-    },
-}
 
 /// One request to an app's master over its bus; progress lines are printed
 /// as they come.

@@ -326,6 +326,15 @@ impl Scenario {
     }
 }
 
+/// A test that fails midway leaves no Node process behind (it would hold
+/// the test's output open, and its port).
+impl Drop for Scenario {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `tests/node/hold.js`: clients that stay connected while a test changes
 /// things under them.
 pub struct Holder {

@@ -66,6 +66,8 @@ fn ensure_users() {
 pub struct Sandbox {
     pub dir: PathBuf,
     pub config_dir: PathBuf,
+    /// The `sioctl` the tests run: the build's, or the installed one.
+    sioctl: PathBuf,
     /// `unshare`, the parent of the sandbox's PID 1.
     enter: std::process::Child,
     /// The sandbox's PID 1 (0 until it is found).
@@ -76,27 +78,45 @@ fn sh(script: &str) -> Output {
     Command::new("sh").arg("-c").arg(script).output().unwrap()
 }
 
+/// Where a sandbox's sio units come from.
+#[derive(Clone, Copy)]
+enum Units<'a> {
+    /// This checkout's units, pointed at the fresh build, with its apps
+    /// `configs` in a folder of the sandbox's own.
+    Build { configs: &'a [(&'a str, serde_json::Value)] },
+    /// What the package installed, copied unmodified (apps in /etc/sio).
+    Installed,
+}
+
 impl Sandbox {
     /// Boots a sandbox whose /etc/sio is `configs` (name, JSON).
     pub fn boot(name: &str, configs: &[(&str, serde_json::Value)]) -> Sandbox {
-        ensure_users();
+        Sandbox::boot_with(name, Units::Build { configs })
+    }
+
+    /// Boots a sandbox that runs the units and generator the installed
+    /// package put in place, unmodified, and the apps of /etc/sio.
+    pub fn boot_installed(name: &str) -> Sandbox {
+        Sandbox::boot_with(name, Units::Installed)
+    }
+
+    fn boot_with(name: &str, source: Units) -> Sandbox {
+        if matches!(source, Units::Build { .. }) {
+            ensure_users();
+        }
         // Not under /tmp: the units run with PrivateTmp=yes.
         let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("sandbox-{name}"));
         let _ = fs::remove_dir_all(&dir);
         let units = dir.join("units");
-        let config_dir = dir.join("etc-sio");
+        let config_dir = match source {
+            Units::Installed => PathBuf::from("/etc/sio"),
+            Units::Build { .. } => dir.join("etc-sio"),
+        };
         let state_dir = dir.join("state");
         let generators = dir.join("generators");
         let polkit_rules = dir.join("polkit-rules");
         for d in [&units, &config_dir, &state_dir, &generators, &polkit_rules] {
             fs::create_dir_all(d).unwrap();
-        }
-        // The master's state directory is its user's (StateDirectory= does
-        // that for /var/lib/sio).
-        sh(&format!("chown sio:sio {}", state_dir.display()));
-        fs::copy(super::repo().join("systemd/sio.rules"), polkit_rules.join("50-sio.rules")).unwrap();
-        for (app, cfg) in configs {
-            fs::write(config_dir.join(format!("{app}.json")), serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
         }
         for t in STUB_TARGETS {
             fs::write(units.join(format!("{t}.target")), format!("[Unit]\nDescription=sandbox stub {t}\n")).unwrap();
@@ -104,46 +124,75 @@ impl Sandbox {
         for u in HOST_UNITS {
             fs::copy(Path::new("/lib/systemd/system").join(u), units.join(u)).unwrap();
         }
-        let sio = env!("CARGO_BIN_EXE_sio");
-        let sioctl = env!("CARGO_BIN_EXE_sioctl");
-        let repo_units = super::repo().join("systemd");
-        for unit in ["sio@.socket", "sio-bus@.socket", "sio@.service", "sio-worker@.service"] {
-            let text = fs::read_to_string(repo_units.join(unit)).unwrap();
-            fs::write(
-                units.join(unit),
-                text.replace("/usr/bin/sioctl", sioctl).replace("/usr/bin/sio ", &format!("{sio} ")),
-            )
-            .unwrap();
+        const SIO_UNITS: [&str; 4] = ["sio@.socket", "sio-bus@.socket", "sio@.service", "sio-worker@.service"];
+        match source {
+            Units::Installed => {
+                for unit in SIO_UNITS {
+                    fs::copy(Path::new("/usr/lib/systemd/system").join(unit), units.join(unit)).unwrap();
+                }
+                let generator = Path::new("/usr/lib/systemd/system-generators/sio-generator");
+                fs::copy(generator, generators.join("sio-generator")).unwrap();
+                // polkit reads the package's rule where it put it
+                // (/usr/share/polkit-1/rules.d); /etc's stays hidden.
+                // Docker images deny every start and stop of a maintainer
+                // script (policy-rc.d exits 101); the sandbox stands for a
+                // server, which has no such policy.
+                fs::write(dir.join("policy-rc.d"), "#!/bin/sh\nexit 0\n").unwrap();
+                sh(&format!("chmod +x {}", dir.join("policy-rc.d").display()));
+            }
+            Units::Build { configs } => {
+                // The master's state directory is its user's (StateDirectory=
+                // does that for /var/lib/sio).
+                sh(&format!("chown sio:sio {}", state_dir.display()));
+                fs::copy(super::repo().join("systemd/sio.rules"), polkit_rules.join("50-sio.rules")).unwrap();
+                for (app, cfg) in configs {
+                    let path = config_dir.join(format!("{app}.json"));
+                    fs::write(path, serde_json::to_vec_pretty(cfg).unwrap()).unwrap();
+                }
+                let sio = env!("CARGO_BIN_EXE_sio");
+                let sioctl = env!("CARGO_BIN_EXE_sioctl");
+                let repo_units = super::repo().join("systemd");
+                for unit in SIO_UNITS {
+                    let text = fs::read_to_string(repo_units.join(unit)).unwrap();
+                    let text = text.replace("/usr/bin/sioctl", sioctl).replace("/usr/bin/sio ", &format!("{sio} "));
+                    fs::write(units.join(unit), text).unwrap();
+                }
+                // The checkout (binaries, fixtures) may live under /tmp or a
+                // home folder, which the units hide (PrivateTmp=,
+                // ProtectHome=): lift that for tests. What the tests check
+                // does not depend on it.
+                let env = format!(
+                    "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n\
+                     PrivateTmp=no\nProtectHome=no\n",
+                    config_dir.display(),
+                    state_dir.display(),
+                    state_dir.display()
+                );
+                for unit in ["sio@.service", "sio-worker@.service"] {
+                    let d = units.join(format!("{unit}.d"));
+                    fs::create_dir_all(&d).unwrap();
+                    fs::write(d.join("50-test.conf"), &env).unwrap();
+                }
+                let generator = format!(
+                    "#!/bin/sh\nSIO_CONFIG_DIR={} exec {} \"$@\"\n",
+                    config_dir.display(),
+                    env!("CARGO_BIN_EXE_sio-generator")
+                );
+                fs::write(generators.join("sio-generator"), generator).unwrap();
+                sh(&format!("chmod +x {}", generators.join("sio-generator").display()));
+            }
         }
-        // The checkout (binaries, fixtures) may live under /tmp or a home
-        // folder, which the units hide (PrivateTmp=, ProtectHome=): lift
-        // that for tests. What the tests check does not depend on it.
-        let env = format!(
-            "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n\
-             PrivateTmp=no\nProtectHome=no\n",
-            config_dir.display(),
-            state_dir.display(),
-            state_dir.display()
-        );
-        for unit in ["sio@.service", "sio-worker@.service"] {
-            let d = units.join(format!("{unit}.d"));
-            fs::create_dir_all(&d).unwrap();
-            fs::write(d.join("50-test.conf"), &env).unwrap();
-        }
-        let generator = fs::read_to_string(repo_units.join("sio-generator")).unwrap();
-        let generator =
-            generator.replace("exec /usr/bin/sio ", &format!("SIO_CONFIG_DIR={} exec {sio} ", config_dir.display()));
-        fs::write(generators.join("sio-generator"), generator).unwrap();
-        sh(&format!("chmod +x {}", generators.join("sio-generator").display()));
 
         let boot = format!(
             "#!/bin/sh\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd\numount -R /sys/fs/cgroup\n\
              mount --bind {polkit_rules} /etc/polkit-1/rules.d\n\
+             [ -e {dir}/policy-rc.d ] && [ -e /usr/sbin/policy-rc.d ] && mount --bind {dir}/policy-rc.d /usr/sbin/policy-rc.d\n\
              export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator\nexport SYSTEMD_GENERATOR_PATH={generators}\n\
              export container=sio-test\nexec /lib/systemd/systemd --system --unit=default.target\n",
             units = units.display(),
             generators = generators.display(),
-            polkit_rules = polkit_rules.display()
+            polkit_rules = polkit_rules.display(),
+            dir = dir.display()
         );
         let cg = format!("sio-test-{name}");
         let enter = format!(
@@ -171,7 +220,11 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
             .spawn()
             .unwrap();
         // From here on, dropping the sandbox cleans up, whatever fails.
-        let mut sandbox = Sandbox { dir, config_dir, enter, pid: 0 };
+        let sioctl = match source {
+            Units::Installed => PathBuf::from("/usr/bin/sioctl"),
+            Units::Build { .. } => PathBuf::from(env!("CARGO_BIN_EXE_sioctl")),
+        };
+        let mut sandbox = Sandbox { dir, config_dir, sioctl, enter, pid: 0 };
         // PID 1 of the sandbox: the child of `unshare`, which `enter` became.
         let t0 = Instant::now();
         sandbox.pid = loop {
@@ -262,7 +315,7 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
 
     /// `sioctl ARGS` inside the sandbox (as root unless `uid` is given).
     pub fn sioctl(&self, args: &[&str], uid: Option<u32>) -> Output {
-        let mut full: Vec<String> = vec![env!("CARGO_BIN_EXE_sioctl").into()];
+        let mut full: Vec<String> = vec![self.sioctl.display().to_string()];
         full.extend(["--config-dir".into(), self.config_dir.display().to_string()]);
         full.extend(args.iter().map(|a| a.to_string()));
         let refs: Vec<&str> = full.iter().map(String::as_str).collect();
