@@ -51,10 +51,20 @@ impl std::fmt::Display for WorkerState {
     }
 }
 
-/// A worker's resource use, from systemd's cgroup accounting.
+/// Resource use: of a worker, from systemd's accounting of its unit (its
+/// cgroup), or under `sio up` from `/proc` (its agent and every process
+/// below it, see [`crate::procfs`]); of the master or an agent alone, from
+/// `/proc`. `None` where a figure is not known.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Usage {
+    /// Resident memory of the processes (what `ps` and PM2 show), from
+    /// `/proc`; systemd's figure where `/proc` cannot be read.
     pub memory_bytes: Option<u64>,
+    /// Under systemd: the memory charged to the worker's cgroup, what
+    /// `limits.memory_max` bounds there (pages shared with other cgroups,
+    /// such as Node's own code, are charged to whoever read them first).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cgroup_memory_bytes: Option<u64>,
     pub cpu_ns: Option<u64>,
     pub restarts: Option<u32>,
 }
@@ -68,13 +78,25 @@ pub struct WorkerStatus {
     pub pid: Option<u32>,
     /// Bytes queued to this worker's agent.
     pub queued_bytes: usize,
-    /// Under systemd: memory, CPU and restarts of the worker's unit.
+    /// Memory, CPU and restarts of the whole worker (agent, Node, and what
+    /// Node started).
     pub usage: Option<Usage>,
+    /// The agent alone (part of `usage`).
+    #[serde(default)]
+    pub agent: Option<Usage>,
 }
 
 impl WorkerStatus {
     pub fn new(view: &WorkerView, pid: Option<u32>, queued_bytes: usize) -> Self {
-        WorkerStatus { slot: view.slot, state: view.state, sessions: view.sessions, pid, queued_bytes, usage: None }
+        WorkerStatus {
+            slot: view.slot,
+            state: view.state,
+            sessions: view.sessions,
+            pid,
+            queued_bytes,
+            usage: None,
+            agent: None,
+        }
     }
 }
 
@@ -104,7 +126,13 @@ pub struct Counters {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Status {
     pub app: String,
+    /// The app's config file.
+    #[serde(default)]
+    pub config: Option<std::path::PathBuf>,
     pub pid: u32,
+    /// Memory and CPU of the master process.
+    #[serde(default)]
+    pub master: Option<Usage>,
     pub listen: Vec<SocketAddr>,
     pub activated: bool,
     pub workers: Vec<WorkerStatus>,

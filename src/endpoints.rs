@@ -60,6 +60,32 @@ impl Endpoints {
     }
 }
 
+/// The apps whose masters have a control socket where this user's clients
+/// look (`$SIO_RUNTIME_DIR`, else systemd's folder and this user's private
+/// one), whatever folder their config is in: name and socket, sorted.
+/// A socket whose master is gone is listed too; asking it tells.
+pub fn running_apps() -> Vec<(String, PathBuf)> {
+    let dirs = match std::env::var_os("SIO_RUNTIME_DIR") {
+        Some(dir) => vec![PathBuf::from(dir)],
+        None => vec![PathBuf::from(SYSTEM_DIR), private_dir_path()],
+    };
+    let mut apps = Vec::new();
+    for dir in dirs {
+        for entry in fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            let is_socket = entry.file_type().is_ok_and(|t| std::os::unix::fs::FileTypeExt::is_socket(&t));
+            let name = path.file_stem().and_then(|n| n.to_str()).filter(|n| crate::config::valid_app_name(n));
+            if let (true, Some(name), Some("control")) = (is_socket, name, path.extension().and_then(|e| e.to_str())) {
+                if !apps.iter().any(|(n, _)| n == name) {
+                    apps.push((name.to_owned(), path.clone()));
+                }
+            }
+        }
+    }
+    apps.sort();
+    apps
+}
+
 /// This user's private runtime folder (not created).
 fn private_dir_path() -> PathBuf {
     if let Some(dir) = std::env::var_os("SIO_RUNTIME_DIR") {

@@ -40,6 +40,7 @@ pub mod listen;
 pub mod logging;
 pub mod master;
 pub mod nodeipc;
+pub mod procfs;
 pub mod shutdown;
 pub mod sid;
 pub mod systemd;

@@ -562,3 +562,125 @@ fn an_app_in_a_folder_the_unit_hides_fails_naming_the_reason() {
     assert!(log.contains("its ProtectHome= hides /home, /root and /run/user; put the app under /srv/"), "{log}");
     assert!(log.contains("status=78/CONFIG"), "{log}");
 }
+
+/// A /proc to read: this machine's, or a sandbox's (its pid namespace).
+struct Proc<'a> {
+    /// A file's text.
+    read: &'a dyn Fn(&str) -> String,
+    /// A process's children.
+    children: &'a dyn Fn(u64) -> Vec<u64>,
+}
+
+/// Memory (bytes, from VmRSS) and CPU (ns, utime+stime+cutime+cstime) of
+/// `pid` and, with `tree`, all its descendants: the test's own reading of
+/// /proc, to hold sioctl's figures against.
+fn proc_usage(pid: u64, tree: bool, proc: &Proc) -> (f64, f64) {
+    let Proc { read, children } = proc;
+    let (mut rss, mut cpu) = (0.0, 0.0);
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let status = read(&format!("/proc/{p}/status"));
+        let kib = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .map_or(0.0, |v| v.split_whitespace().next().unwrap().parse::<f64>().unwrap());
+        rss += kib * 1024.0;
+        let stat = read(&format!("/proc/{p}/stat"));
+        let fields: Vec<f64> =
+            stat[stat.rfind(')').unwrap() + 2..].split(' ').map(|f| f.parse().unwrap_or(0.0)).collect();
+        cpu += (fields[11] + fields[12] + fields[13] + fields[14]) * 1e7; // 100 ticks/s
+        if tree {
+            todo.extend(children(p));
+        }
+    }
+    (rss, cpu)
+}
+
+/// Within 20%, or (CPU) within 3 clock ticks of 10 ms.
+fn close(what: &str, reported: &serde_json::Value, measured: f64, slack: f64) {
+    let reported = reported.as_f64().unwrap_or_else(|| panic!("{what}: no figure ({reported})"));
+    assert!(
+        (reported - measured).abs() <= (0.2 * measured).max(slack),
+        "{what}: sioctl says {reported}, /proc says {measured}"
+    );
+}
+
+#[test]
+fn sioctl_ls_and_status_find_every_master_with_memory_cpu_and_restarts() {
+    let (sb, app, _) = running(2);
+    // Two `sio up` apps of one user, in folders of their own, found
+    // through that user's runtime folder as any of them would be.
+    let user_runtime = scratch_dir(&format!("{app}-xdg"));
+    let up1 = App::start_in_user_runtime(1, &user_runtime);
+    let up2 = App::start_in_user_runtime(2, &user_runtime);
+    assert_ne!(up1.config.parent(), up2.config.parent());
+    let node_pid = children_of(up2.status()["workers"][1]["pid"].as_u64().unwrap() as u32)[0];
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(node_pid as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    let t0 = std::time::Instant::now();
+    while up2.status()["workers"][1]["usage"]["restarts"] != 1 || App::ready_workers(&up2.status()) < 2 {
+        assert!(t0.elapsed() < Duration::from_secs(20), "{}", up2.status());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let sioctl = |args: &[&str]| {
+        let config_dir = sb.config_dir.display().to_string();
+        let mut full = vec![env!("CARGO_BIN_EXE_sioctl"), "--config-dir", &config_dir];
+        full.extend(args);
+        let out = sb.command(None, &full).env_remove("SIO_RUNTIME_DIR").env("XDG_RUNTIME_DIR", &user_runtime).output();
+        let out = out.unwrap();
+        assert!(out.status.success(), "sioctl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+
+    let rows: serde_json::Value = serde_json::from_str(&sioctl(&["ls", "--json"])).unwrap();
+    for (name, by, config) in [
+        (&app, "systemd", sb.config_dir.join(format!("{app}.json"))),
+        (&up1.name, "sio up", up1.config.clone()),
+        (&up2.name, "sio up", up2.config.clone()),
+    ] {
+        let row = rows.as_array().unwrap().iter().find(|r| &r["app"] == name).unwrap_or_else(|| panic!("{rows}"));
+        assert_eq!((&row["running"], &row["supervisor"]), (&json!(true), &json!(by)), "{row}");
+        assert_eq!(row["config"], json!(config), "{row}");
+    }
+    let text = sioctl(&["ls"]);
+    for name in [&app, &up1.name, &up2.name] {
+        assert!(text.lines().any(|l| l.starts_with(name.as_str()) && l.contains("ready")), "{text}");
+    }
+
+    let all: serde_json::Value = serde_json::from_str(&sioctl(&["status", "--json"])).unwrap();
+    let host_read = |path: &str| std::fs::read_to_string(path).unwrap_or_default();
+    let host_children = |pid: u64| children_of(pid as u32).into_iter().map(u64::from).collect();
+    let sandbox_read = |path: &str| String::from_utf8_lossy(&sb.exec(&["cat", path]).stdout).into_owned();
+    let sandbox_children = |pid: u64| {
+        let out = sb.exec(&["pgrep", "-P", &pid.to_string()]);
+        String::from_utf8_lossy(&out.stdout).split_whitespace().map(|p| p.parse().unwrap()).collect()
+    };
+    for name in [&app, &up1.name, &up2.name] {
+        let s = all.as_array().unwrap().iter().find(|s| &s["app"] == name).unwrap_or_else(|| panic!("{all}"));
+        let proc = if name == &app {
+            Proc { read: &sandbox_read, children: &sandbox_children }
+        } else {
+            Proc { read: &host_read, children: &host_children }
+        };
+        let (rss, cpu) = proc_usage(s["pid"].as_u64().unwrap(), false, &proc);
+        close(&format!("{name} master memory"), &s["master"]["memory_bytes"], rss, 0.0);
+        close(&format!("{name} master CPU"), &s["master"]["cpu_ns"], cpu, 3e7);
+        for w in s["workers"].as_array().unwrap() {
+            let agent = w["pid"].as_u64().unwrap();
+            let (rss, cpu) = proc_usage(agent, false, &proc);
+            close(&format!("{name} agent memory"), &w["agent"]["memory_bytes"], rss, 0.0);
+            close(&format!("{name} agent CPU"), &w["agent"]["cpu_ns"], cpu, 3e7);
+            let (rss, cpu) = proc_usage(agent, true, &proc);
+            assert!(w["usage"]["restarts"].is_u64(), "{w}");
+            close(&format!("{name} worker CPU"), &w["usage"]["cpu_ns"], cpu, 3e7);
+            close(&format!("{name} worker memory"), &w["usage"]["memory_bytes"], rss, 0.0);
+            // Under systemd also what the cgroup is charged (less: Node's
+            // code pages are charged to whoever read them first).
+            assert_eq!(w["usage"]["cgroup_memory_bytes"].as_u64().is_some_and(|b| b > 1 << 20), name == &app, "{w}");
+        }
+    }
+    let up2_status = all.as_array().unwrap().iter().find(|s| s["app"] == json!(up2.name)).unwrap();
+    assert_eq!(up2_status["workers"][0]["usage"]["restarts"], 0);
+    assert_eq!(up2_status["workers"][1]["usage"]["restarts"], 1, "the killed worker was restarted once");
+    let text = sioctl(&["status"]);
+    assert!(text.contains("master pid") && text.contains("AGENT"), "{text}");
+}

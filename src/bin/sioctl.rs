@@ -74,51 +74,74 @@ fn mib(bytes: Option<u64>) -> String {
     bytes.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
 }
 
+fn seconds(ns: Option<u64>) -> String {
+    ns.map_or("-".into(), |ns| format!("{:.1}s", ns as f64 / 1e9))
+}
+
 fn print_status(s: &Status) {
     println!("{}: {}", s.app, s.summary());
     let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
+    let m = s.master.clone().unwrap_or_default();
     println!(
-        "master pid {}, listening on {}{}",
+        "master pid {}, {} memory, {} CPU, listening on {}{}",
         s.pid,
+        mib(m.memory_bytes),
+        seconds(m.cpu_ns),
         listen.join(", "),
         if s.activated { " (socket-activated)" } else { "" }
     );
     println!(
-        "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
-        "WORKER", "STATE", "PID", "SESSIONS", "MEMORY", "CPU", "RESTARTS"
+        "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
+        "WORKER", "STATE", "PID", "SESSIONS", "MEMORY", "CPU", "RESTARTS", "AGENT"
     );
     for w in &s.workers {
         let pid = w.pid.map_or("-".to_owned(), |p| p.to_string());
         let u = w.usage.clone().unwrap_or_default();
-        let cpu = u.cpu_ns.map_or("-".into(), |ns| format!("{:.1}s", ns as f64 / 1e9));
         let restarts = u.restarts.map_or("-".into(), |r| r.to_string());
         println!(
-            "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
             w.slot,
             w.state,
             pid,
             thousands(u64::from(w.sessions)),
             mib(u.memory_bytes),
-            cpu,
-            restarts
+            seconds(u.cpu_ns),
+            restarts,
+            mib(w.agent.as_ref().and_then(|a| a.memory_bytes)),
         );
     }
 }
 
-/// The apps configured in the config folder: the names of its `APP.json`
-/// files (their content is the master's business, not listing's).
+/// The apps configured in the config folder (the names of its `APP.json`
+/// files: their content is the master's business, not listing's), and
+/// those whose masters run from anywhere else (`sio up` of any folder).
+/// A config folder that does not exist holds no apps.
 fn apps(cli: &Cli) -> Result<Vec<String>, String> {
-    let entries = std::fs::read_dir(&cli.config_dir).map_err(|e| format!("{}: {e}", cli.config_dir.display()))?;
-    let mut apps: Vec<String> = entries
-        .filter_map(|e| {
-            let path = e.ok()?.path();
-            (path.extension()? == "json").then_some(())?;
-            Some(path.file_stem()?.to_str()?.to_owned())
-        })
-        .filter(|name| sio::config::valid_app_name(name))
-        .collect();
+    let mut apps: Vec<String> = match std::fs::read_dir(&cli.config_dir) {
+        Ok(entries) => entries
+            .filter_map(|e| {
+                let path = e.ok()?.path();
+                (path.extension()? == "json").then_some(())?;
+                Some(path.file_stem()?.to_str()?.to_owned())
+            })
+            .filter(|name| sio::config::valid_app_name(name))
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(format!("{}: {e}", cli.config_dir.display())),
+    };
+    apps.extend(sio::endpoints::running_apps().into_iter().map(|(name, _)| name));
     apps.sort();
+    apps.dedup();
     Ok(apps)
+}
+
+/// Who runs an app's master: systemd (its sockets are in /run/sio) or `sio up`.
+fn supervisor(app: &str) -> &'static str {
+    if Endpoints::find(app).control.starts_with(sio::endpoints::SYSTEM_DIR) {
+        "systemd"
+    } else {
+        "sio up"
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
@@ -149,20 +172,26 @@ fn main() -> ExitCode {
             let rows: Vec<serde_json::Value> = apps
                 .iter()
                 .map(|app| match ask(app, &Request::Status) {
-                    Ok(Response::Status(s)) => serde_json::json!({"app": app, "running": true, "summary": s.summary(), "ready": s.ready_workers(), "workers": s.workers.len(), "sessions": s.sessions}),
+                    Ok(Response::Status(s)) => serde_json::json!({
+                        "app": app, "running": true, "summary": s.summary(), "ready": s.ready_workers(),
+                        "workers": s.workers.len(), "sessions": s.sessions, "pid": s.pid, "config": s.config,
+                        "supervisor": supervisor(app), "master": s.master,
+                    }),
                     _ => serde_json::json!({"app": app, "running": false}),
                 })
                 .collect();
             if *json {
                 println!("{}", serde_json::to_string_pretty(&rows).expect("json"));
             } else {
+                println!("{:<20} {:<8} {:<40} CONFIG", "APP", "BY", "STATE");
                 for r in &rows {
-                    let state = if r["running"] == true {
-                        r["summary"].as_str().unwrap_or("").to_owned()
+                    let text = |key: &str| r[key].as_str().unwrap_or("-").to_owned();
+                    let (by, state) = if r["running"] == true {
+                        (text("supervisor"), text("summary"))
                     } else {
-                        "not running".into()
+                        ("-".into(), "not running".into())
                     };
-                    println!("{:<20} {state}", r["app"].as_str().unwrap_or(""));
+                    println!("{:<20} {by:<8} {state:<40} {}", text("app"), text("config"));
                 }
             }
             ExitCode::SUCCESS
@@ -176,11 +205,14 @@ fn main() -> ExitCode {
                 },
             };
             let mut all = Vec::new();
-            for app in &apps {
-                match ask(app, &Request::Status) {
+            for name in &apps {
+                match ask(name, &Request::Status) {
                     Ok(Response::Status(s)) => all.push(*s),
                     Ok(Response::Error(e)) => return fail(e),
                     Ok(_) => return fail("unexpected answer"),
+                    // Every app: those not running are said so, on stderr
+                    // (the JSON lists the running ones).
+                    Err(e) if app.is_none() => eprintln!("sioctl: {e}"),
                     Err(e) => return fail(e),
                 }
             }

@@ -567,11 +567,15 @@ impl Master {
         self.workers_changed.notify_waiters();
     }
 
-    /// The status, with each worker's resource use (under systemd).
+    /// The status, with the resource use of the master, each worker and
+    /// each agent (`/proc` is read once, off the event loop).
     pub async fn status_with_usage(&self) -> Status {
         let mut status = self.status();
+        let processes = tokio::task::spawn_blocking(crate::procfs::Table::read).await.ok();
+        status.master = processes.as_ref().and_then(|t| t.process(status.pid));
         for w in &mut status.workers {
-            w.usage = self.supervisor.usage(w.slot).await;
+            w.agent = w.pid.and_then(|pid| processes.as_ref()?.process(pid));
+            w.usage = self.supervisor.usage(w.slot, w.pid, processes.as_ref()).await;
         }
         status
     }
@@ -589,7 +593,9 @@ impl Master {
             .collect();
         Status {
             app: self.cfg.app.clone(),
+            config: Some(self.cfg.path.clone()),
             pid: std::process::id(),
+            master: None,
             listen: self.listen.clone(),
             activated: self.activated,
             sessions: workers.iter().map(|w| u64::from(w.sessions)).sum(),

@@ -42,6 +42,7 @@ impl Supervisor {
             runtime_dir: crate::endpoints::private_dir()?,
             running: RefCell::default(),
             retired: RefCell::default(),
+            restarts: RefCell::default(),
             shutdown,
             exited: Notify::new(),
         })))
@@ -130,10 +131,32 @@ impl Supervisor {
         }
     }
 
-    pub async fn usage(&self, slot: u16) -> Option<Usage> {
+    /// Memory, CPU and restarts of worker `slot`, whose agent is `agent`:
+    /// systemd's accounting of its unit (completed from `/proc`), or under
+    /// `sio up` the agent's process tree in `processes` and the restarts
+    /// this master made.
+    pub async fn usage(
+        &self,
+        slot: u16,
+        agent: Option<u32>,
+        processes: Option<&crate::procfs::Table>,
+    ) -> Option<Usage> {
         match self {
-            Supervisor::Embedded(_) => None,
-            Supervisor::Systemd(w) => w.usage(slot).await,
+            Supervisor::Embedded(e) => {
+                let mut usage = agent.and_then(|pid| processes?.tree(pid)).unwrap_or_default();
+                usage.restarts = Some(e.restarts.borrow().get(&slot).copied().unwrap_or(0));
+                Some(usage)
+            }
+            Supervisor::Systemd(w) => {
+                // Resident memory as under `sio up` (systemd's is the
+                // cgroup's), and CPU where the unit's accounting lacks it
+                // (no cpu controller, as in a container).
+                let mut usage = w.usage(slot).await?;
+                let tree = agent.and_then(|pid| processes?.tree(pid)).unwrap_or_default();
+                usage.memory_bytes = tree.memory_bytes.or(usage.cgroup_memory_bytes);
+                usage.cpu_ns = usage.cpu_ns.or(tree.cpu_ns);
+                Some(usage)
+            }
         }
     }
 }
@@ -147,6 +170,8 @@ pub struct Embedded {
     running: RefCell<BTreeMap<u16, u32>>,
     /// Slots stopped on purpose: not restarted.
     retired: RefCell<BTreeSet<u16>>,
+    /// Slot -> how many times its agent was started again after it exited.
+    restarts: RefCell<BTreeMap<u16, u32>>,
     shutdown: Shutdown,
     exited: Notify,
 }
@@ -195,6 +220,9 @@ impl Embedded {
             warn!(app = %cfg.app, worker = slot, pid, status = ?status.ok(), "agent exited; restarting in {} ms", backoff.as_millis());
             tokio::time::sleep(backoff).await;
             backoff = (backoff * 2).min(MAX_BACKOFF);
+            if self.keeps(slot) {
+                *self.restarts.borrow_mut().entry(slot).or_default() += 1;
+            }
         }
     }
 

@@ -176,7 +176,8 @@ impl Workers {
         let service = ServiceProxy::builder(&self.conn).path(path).ok()?.build().await.ok()?;
         let valid = |v: u64| (v != u64::MAX).then_some(v);
         Some(Usage {
-            memory_bytes: service.memory_current().await.ok().and_then(valid),
+            memory_bytes: None,
+            cgroup_memory_bytes: service.memory_current().await.ok().and_then(valid),
             cpu_ns: service.cpu_usage_nsec().await.ok().and_then(valid),
             restarts: service.n_restarts().await.ok(),
         })

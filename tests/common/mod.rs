@@ -85,6 +85,8 @@ pub struct App {
     pub config: PathBuf,
     child: Option<Child>,
     pub port: u16,
+    /// How its master and its sioctl find their sockets: (variable, value).
+    runtime_env: (&'static str, PathBuf),
 }
 
 impl App {
@@ -102,10 +104,23 @@ impl App {
     /// Same, for app `name`, with `prepare` run on its runtime folder
     /// (not created yet) before the master starts.
     pub fn start_named(name: &str, workers: u16, extra: Value, prepare: impl FnOnce(&Path)) -> App {
+        let dir = scratch_dir(name);
+        prepare(&dir.join("run"));
+        let runtime_dir = dir.join("run");
+        App::spawn(name, dir, workers, extra, ("SIO_RUNTIME_DIR", runtime_dir))
+    }
+
+    /// `workers` workers, with the sockets in `$XDG_RUNTIME_DIR/sio` as a
+    /// user's `sio up` has them (shared by that user's apps).
+    pub fn start_in_user_runtime(workers: u16, xdg_runtime_dir: &Path) -> App {
+        let name = app_name();
+        let dir = scratch_dir(&name);
+        App::spawn(&name, dir, workers, json!({}), ("XDG_RUNTIME_DIR", xdg_runtime_dir.to_owned()))
+    }
+
+    fn spawn(name: &str, dir: PathBuf, workers: u16, extra: Value, runtime_env: (&'static str, PathBuf)) -> App {
         ensure_node_modules();
         let name = name.to_owned();
-        let dir = scratch_dir(&name);
-        prepare(&dir.join("run"));
         let mut cfg = json!({
             "command": ["node", node_dir().join("worker.js")],
             "cwd": node_dir(),
@@ -122,12 +137,13 @@ impl App {
             .arg("up")
             .arg(&config)
             .env("SIO_LOG", "info,sio=debug")
-            .env("SIO_RUNTIME_DIR", dir.join("run"))
+            .env_remove("SIO_RUNTIME_DIR")
+            .env(runtime_env.0, &runtime_env.1)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
             .unwrap();
-        let mut app = App { name, dir, config, child: Some(child), port: 0 };
+        let mut app = App { name, dir, config, child: Some(child), port: 0, runtime_env };
         let status = app.wait_ready(workers as usize, Duration::from_secs(30));
         let addr = status["listen"][0].as_str().unwrap().to_owned();
         app.port = addr.rsplit(':').next().unwrap().parse().unwrap();
@@ -144,13 +160,16 @@ impl App {
 
     /// The master's private folder of sockets (`APP.bus`, `APP.control`).
     pub fn runtime_dir(&self) -> PathBuf {
-        self.dir.join("run")
+        match self.runtime_env {
+            ("XDG_RUNTIME_DIR", ref xdg) => xdg.join("sio"),
+            (_, ref dir) => dir.clone(),
+        }
     }
 
     /// `sioctl ARGS` for this app's master.
     pub fn sioctl(&self) -> Command {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_sioctl"));
-        cmd.env("SIO_RUNTIME_DIR", self.runtime_dir());
+        cmd.env_remove("SIO_RUNTIME_DIR").env(self.runtime_env.0, &self.runtime_env.1);
         cmd
     }
 
