@@ -80,6 +80,42 @@ fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Erro
         .collect()
 }
 
+/// A size: bytes, or a string with a binary suffix as systemd and PM2 write
+/// them (`"512M"`, `"1.5G"`; K, M, G, T).
+pub fn parse_bytes(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => text.split_at(i),
+        None => (text, ""),
+    };
+    let factor: u64 = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "K" | "KB" | "KIB" => 1 << 10,
+        "M" | "MB" | "MIB" => 1 << 20,
+        "G" | "GB" | "GIB" => 1 << 30,
+        "T" | "TB" | "TIB" => 1 << 40,
+        _ => return None,
+    };
+    let number: f64 = number.trim().parse().ok().filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    let bytes = number * factor as f64;
+    (bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+fn bytes<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        Number(u64),
+        Text(String),
+    }
+    let bad = || serde::de::Error::custom("expected bytes, or a size like \"512M\" or \"2G\"");
+    match Option::<Raw>::deserialize(d).map_err(|_| bad())? {
+        None => Ok(None),
+        Some(Raw::Number(n)) => Ok(Some(n)),
+        Some(Raw::Text(t)) => parse_bytes(&t).map(Some).ok_or_else(bad),
+    }
+}
+
 fn millis<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
     let ms = u64::deserialize(d)?;
     if ms == 0 {
@@ -139,11 +175,31 @@ pub struct Limits {
     /// Bytes of relayed adapter frames queued for one slow worker before
     /// further frames to it are dropped (and counted).
     pub bus_queue_bytes: usize,
+    /// A worker's memory ceiling: under systemd its unit's `MemoryMax=`
+    /// (the kernel's OOM killer, then systemd restarts it); under `sio up`
+    /// the master replaces a worker whose resident memory is above it
+    /// (PM2's `max_memory_restart`).
+    #[serde(deserialize_with = "bytes")]
+    pub memory_max: Option<u64>,
+    /// Under systemd, the worker unit's `MemoryHigh=` (reclaim and
+    /// throttling above it).
+    #[serde(deserialize_with = "bytes")]
+    pub memory_high: Option<u64>,
+    /// Under systemd, the worker unit's `CPUWeight=` (1–10000; 100 is
+    /// everyone's default).
+    pub cpu_weight: Option<u16>,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_head_bytes: 16 * 1024, max_pending_connections: 10_000, bus_queue_bytes: 64 << 20 }
+        Limits {
+            max_head_bytes: 16 * 1024,
+            max_pending_connections: 10_000,
+            bus_queue_bytes: 64 << 20,
+            memory_max: None,
+            memory_high: None,
+            cpu_weight: None,
+        }
     }
 }
 
@@ -179,6 +235,9 @@ pub const FIELDS: &[Field] = &[
     Field { name: "limits.max_head_bytes", default: "16384", meaning: "largest request head (then 431); 256–1048576" },
     Field { name: "limits.max_pending_connections", default: "10000", meaning: "connections the master holds (head being read, waiting for a worker, handed off and not yet acknowledged); above it accepting pauses and the kernel's backlog holds the rest" },
     Field { name: "limits.bus_queue_bytes", default: "64 MiB", meaning: "relayed frames queued for one worker before frames to it are dropped; also the broadcasts an agent keeps until the master acknowledges them (the oldest go first past it)" },
+    Field { name: "limits.memory_max", default: "none", meaning: "a worker's memory ceiling, bytes or `\"512M\"`: under systemd its unit's `MemoryMax=` (the kernel stops it, systemd restarts it); under `sio up` a worker whose resident memory is above it is replaced (a new one first, then it drains)" },
+    Field { name: "limits.memory_high", default: "none", meaning: "under systemd, the worker unit's `MemoryHigh=` (reclaimed and slowed above it); not enforced by `sio up`" },
+    Field { name: "limits.cpu_weight", default: "none (100)", meaning: "under systemd, the worker unit's `CPUWeight=`, 1–10000; not enforced by `sio up`" },
     Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
 ];
 
@@ -394,6 +453,20 @@ impl AppConfig {
             };
             return Err(err(field.into(), "must be at least 1"));
         }
+        // Node itself needs tens of MiB: a smaller ceiling is a typo.
+        for (field, value) in [("limits.memory_max", l.memory_max), ("limits.memory_high", l.memory_high)] {
+            if value.is_some_and(|v| v < 32 << 20) {
+                return Err(err(field.into(), "must be at least 32M (Node alone needs about that)"));
+            }
+        }
+        if let (Some(high), Some(max)) = (l.memory_high, l.memory_max) {
+            if high > max {
+                return Err(err("limits.memory_high".into(), "must not be above limits.memory_max"));
+            }
+        }
+        if l.cpu_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
+            return Err(err("limits.cpu_weight".into(), "must be from 1 to 10000"));
+        }
         Ok(AppConfig {
             app,
             path: path.to_owned(),
@@ -480,6 +553,39 @@ mod tests {
         let e = parse(r#"{"command": ["node"], "env": {"OK": "1", "KEY": "a\u0000b"}}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("env.KEY"), "{e}");
         assert!(e.to_string().contains("NUL"), "{e}");
+    }
+
+    #[test]
+    fn sizes_are_bytes_or_binary_suffixes_as_systemd_and_pm2_write_them() {
+        assert_eq!(parse_bytes("512M"), Some(512 << 20));
+        assert_eq!(parse_bytes("1.5G"), Some(3 << 29));
+        assert_eq!(parse_bytes("150mb"), Some(150 << 20));
+        assert_eq!(parse_bytes(" 64 K "), Some(64 << 10));
+        assert_eq!(parse_bytes("1000"), Some(1000));
+        for bad in ["", "M", "12Q", "-1M", "1e400", "NaNM", "99999999T"] {
+            assert_eq!(parse_bytes(bad), None, "{bad:?}");
+        }
+        let c = parse(
+            r#"{"command": ["node"], "limits": {"memory_max": "1G", "memory_high": 805306368, "cpu_weight": 200}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            (c.limits.memory_max, c.limits.memory_high, c.limits.cpu_weight),
+            (Some(1 << 30), Some(768 << 20), Some(200))
+        );
+    }
+
+    #[test]
+    fn a_bad_limit_names_its_field() {
+        for (limits, field, says) in [
+            (r#"{"memory_max": "lots"}"#, "limits.memory_max", "512M"),
+            (r#"{"memory_max": "16M"}"#, "limits.memory_max", "at least 32M"),
+            (r#"{"memory_max": "100M", "memory_high": "200M"}"#, "limits.memory_high", "not be above"),
+            (r#"{"cpu_weight": 0}"#, "limits.cpu_weight", "1 to 10000"),
+        ] {
+            let e = parse(&format!(r#"{{"command": ["node"], "limits": {limits}}}"#)).unwrap_err();
+            assert!(e.to_string().contains(field) && e.to_string().contains(says), "{limits}: {e}");
+        }
     }
 
     #[test]

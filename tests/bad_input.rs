@@ -404,3 +404,19 @@ fn a_burst_with_half_its_connections_abandoned_mid_handoff_spreads_evenly() {
         }
     }
 }
+
+#[test]
+fn sio_up_replaces_a_worker_above_memory_max_and_the_others_never_notice() {
+    let app = App::start_with(2, json!({"limits": {"memory_max": "96M"}, "timeouts": {"drain_ms": 300}}));
+    let r = node("hog.js", &[&app.port.to_string(), "200"]);
+    assert_eq!(r["hogDisconnected"], true, "the worker above its limit was stopped: {r}");
+    assert_eq!(r["healthyDisconnects"], 0, "a client of the other worker is unaffected: {r}");
+    assert_eq!(r["healthyEcho"], "still here", "{r}");
+    wait_for("a replacement ready, worker 1 gone", Duration::from_secs(20), || {
+        let s = app.status();
+        let slots: Vec<u64> = s["workers"].as_array().unwrap().iter().map(|w| w["slot"].as_u64().unwrap()).collect();
+        App::ready_workers(&s) == 2 && !slots.contains(&1) && slots.contains(&2)
+    });
+    assert!(!alive(r["hogPid"].as_u64().unwrap() as u32), "the hog's Node process is gone");
+    assert!(app.log().contains("above limits.memory_max (96 MiB): replacing it"), "{}", app.log());
+}

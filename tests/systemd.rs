@@ -29,10 +29,19 @@ fn ready(n: usize) -> impl Fn(&serde_json::Value) -> bool {
 
 /// A sandbox holding one app with `instances` workers, nothing started yet.
 fn booted(instances: u16) -> (Sandbox, String, u16) {
+    booted_with(instances, json!({}))
+}
+
+/// The same, with fields set in the app's config (e.g. `limits`).
+fn booted_with(instances: u16, fields: serde_json::Value) -> (Sandbox, String, u16) {
     ensure_node_modules();
     let app = app_name();
     let port = free_port();
-    let sb = Sandbox::boot(&app, &[(&app, config(port, instances))]);
+    let mut cfg = config(port, instances);
+    for (k, v) in fields.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    let sb = Sandbox::boot(&app, &[(&app, cfg)]);
     (sb, app, port)
 }
 
@@ -325,12 +334,7 @@ fn chaos_a_worker_killed_every_few_seconds_costs_nothing_on_the_others() {
 
 #[test]
 fn a_restart_replaying_40k_sessions_with_4k_requests_waiting_stays_inside_the_watchdog() {
-    ensure_node_modules();
-    let app = app_name();
-    let port = free_port();
-    let mut cfg = config(port, 2);
-    cfg["env"] = json!({"FAKE_SESSIONS": "20000"});
-    let sb = Sandbox::boot(&app, &[(&app, cfg)]);
+    let (sb, app, port) = booted_with(2, json!({"env": {"FAKE_SESSIONS": "20000"}}));
     sb.drop_in(&format!("sio@{app}.service"), "[Service]\nWatchdogSec=2s\n");
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     sb.wait_status(&app, "40k sessions announced", Duration::from_secs(60), |s| {
@@ -683,4 +687,30 @@ fn sioctl_ls_and_status_find_every_master_with_memory_cpu_and_restarts() {
     assert_eq!(up2_status["workers"][1]["usage"]["restarts"], 1, "the killed worker was restarted once");
     let text = sioctl(&["status"]);
     assert!(text.contains("master pid") && text.contains("AGENT"), "{text}");
+}
+
+#[test]
+fn a_worker_above_memory_max_is_stopped_by_the_kernel_and_restarted_by_systemd() {
+    let limits = json!({"memory_max": "96M", "memory_high": "80M", "cpu_weight": 50});
+    let (sb, app, port) = booted_with(2, json!({ "limits": limits }));
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let unit = |slot: u16| format!("sio-worker@{app}:{slot}.service");
+    let show = sb.systemctl(&["show", &unit(1), "-p", "MemoryMax", "-p", "MemoryHigh", "-p", "CPUWeight"]);
+    let mut show: Vec<&str> = show.lines().collect();
+    show.sort_unstable();
+    assert_eq!(show, ["CPUWeight=50", "MemoryHigh=83886080", "MemoryMax=100663296"], "the unit's cgroup settings");
+    let r = node("hog.js", &[&port.to_string(), "200"]);
+    assert_eq!(r["hogDisconnected"], true, "the worker above its limit was stopped: {r}");
+    assert_eq!(r["healthyDisconnects"], 0, "a client of the other worker is unaffected: {r}");
+    assert_eq!(r["healthyEcho"], "still here", "{r}");
+    let after = sb.wait_status(&app, "worker 1 restarted", Duration::from_secs(30), |s| {
+        ready(2)(s) && s["workers"][0]["usage"]["restarts"].as_u64() >= Some(1)
+    });
+    assert_eq!(after["workers"][1]["pid"], before["workers"][1]["pid"], "worker 2 untouched");
+    assert_eq!(after["workers"][1]["usage"]["restarts"], 0);
+    // systemd names it 'oom-kill' on cgroup v2; elsewhere the kernel's
+    // SIGKILL shows as status 137 (nothing else here kills Node).
+    let journal = sb.journal(&["-u", &unit(1)]);
+    assert!(journal.contains("oom-kill") || journal.contains("status=137"), "{journal}");
 }

@@ -19,6 +19,9 @@ use tracing::{error, info, warn};
 /// How often the master asks whether a worker unit failed for good.
 const FAILURE_CHECK_EVERY: Duration = Duration::from_secs(2);
 
+/// How often `sio up` compares its workers' memory with `limits.memory_max`.
+const MEMORY_CHECK_EVERY: Duration = Duration::from_secs(1);
+
 /// Where the worker count set by `sioctl scale` is kept across restarts:
 /// `$SIO_STATE_DIR`, or systemd's `StateDirectory=`. Without either
 /// (`sio up`), a scale lasts as long as the master.
@@ -201,27 +204,80 @@ impl Master {
         self.reconcile(progress).await
     }
 
-    /// Replaces every worker, one at a time: start the new one, wait until
-    /// it is ready, drain the old one, stop it.
+    /// Replaces every worker, one at a time (see [`Master::replace`]).
     pub(super) async fn reload(self: &Rc<Self>, progress: Progress<'_>) -> Result<String, String> {
         let _op = self.ops.lock().await;
         let old = self.st.borrow().router.active_slots();
         info!(app = %self.cfg.app, workers = ?old, "rolling reload");
         for (i, &slot) in old.iter().enumerate() {
-            let new = {
-                let mut st = self.st.borrow_mut();
-                let new = st.router.free_slot().ok_or("no free worker slot")?;
-                st.router.expect(new);
-                new
-            };
-            if let Err(e) = self.start_and_wait(new).await {
-                self.abandon(new).await;
-                return Err(format!("reload stopped, worker {slot} kept: {e}"));
-            }
-            self.retire(slot).await?;
+            let new = self.replace(slot).await.map_err(|e| format!("reload stopped, {e}"))?;
             progress(format!("worker {slot} replaced by worker {new} ({}/{})", i + 1, old.len()));
         }
         Ok(format!("reloaded {} workers", old.len()))
+    }
+
+    /// Replaces one worker without ever having fewer ready: starts a new
+    /// one, waits until it is ready, drains the old one, stops it. Returns
+    /// the new worker's slot. The caller holds `ops`.
+    async fn replace(self: &Rc<Self>, slot: u16) -> Result<u16, String> {
+        let new = {
+            let mut st = self.st.borrow_mut();
+            let new = st.router.free_slot().ok_or("no free worker slot")?;
+            st.router.expect(new);
+            new
+        };
+        if let Err(e) = self.start_and_wait(new).await {
+            self.abandon(new).await;
+            return Err(format!("worker {slot} kept: {e}"));
+        }
+        self.retire(slot).await?;
+        Ok(new)
+    }
+
+    /// Under `sio up`, PM2's `max_memory_restart`: a worker whose resident
+    /// memory (its agent and every process below it) is above
+    /// `limits.memory_max` is replaced as a reload replaces it. Under
+    /// systemd the kernel enforces the unit's `MemoryMax=` instead.
+    pub(super) async fn watch_memory(self: Rc<Self>) {
+        if !self.supervisor.enforces_limits_itself() {
+            return;
+        }
+        let l = &self.cfg.limits;
+        if l.memory_high.is_some() || l.cpu_weight.is_some() {
+            warn!(app = %self.cfg.app, "limits.memory_high and limits.cpu_weight apply under systemd only; sio up does not enforce them");
+        }
+        let Some(max) = l.memory_max else { return };
+        loop {
+            tokio::time::sleep(MEMORY_CHECK_EVERY).await;
+            let Ok(processes) = tokio::task::spawn_blocking(crate::procfs::Table::read).await else { continue };
+            let over: Vec<(u16, u64)> = {
+                let st = self.st.borrow();
+                st.router
+                    .active_slots()
+                    .into_iter()
+                    .filter(|&slot| st.router.state(slot) == Some(WorkerState::Ready))
+                    .filter_map(|slot| {
+                        let memory = processes.tree(st.peers.get(&slot)?.pid)?.memory_bytes?;
+                        (memory > max).then_some((slot, memory))
+                    })
+                    .collect()
+            };
+            for (slot, memory) in over {
+                let _op = self.ops.lock().await;
+                // A scale or reload may have retired it meanwhile.
+                if !self.st.borrow().router.active_slots().contains(&slot) {
+                    continue;
+                }
+                let mib = |b: u64| b >> 20;
+                warn!(app = %self.cfg.app, worker = slot, memory, limit = max, "worker {slot} uses {} MiB, above limits.memory_max ({} MiB): replacing it", mib(memory), mib(max));
+                match self.replace(slot).await {
+                    Ok(new) => {
+                        info!(app = %self.cfg.app, worker = slot, "worker {slot} replaced by worker {new} (memory)")
+                    }
+                    Err(e) => error!(app = %self.cfg.app, worker = slot, "cannot replace worker {slot}: {e}"),
+                }
+            }
+        }
     }
 
     /// A worker whose unit failed for good (systemd hit its start limit)

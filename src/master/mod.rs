@@ -317,6 +317,7 @@ impl Master {
             tokio::task::spawn_local(self.clone().expire_waiting()),
             tokio::task::spawn_local(self.clone().report_to_systemd()),
             tokio::task::spawn_local(self.clone().watch_failures()),
+            tokio::task::spawn_local(self.clone().watch_memory()),
             tokio::task::spawn_local(self.clone().bring_up()),
         ];
         shutdown.recv().await;

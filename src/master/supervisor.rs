@@ -64,6 +64,13 @@ impl Supervisor {
         }
     }
 
+    /// Whether `limits` other than `memory_max` go unenforced (`sio up`
+    /// has no cgroups of its own) and `memory_max` is the master's to
+    /// enforce, rather than the kernel's.
+    pub fn enforces_limits_itself(&self) -> bool {
+        matches!(self, Supervisor::Embedded(_))
+    }
+
     /// Workers already running when the master starts (to adopt).
     pub async fn existing(&self) -> Result<Vec<u16>, String> {
         match self {
@@ -89,7 +96,7 @@ impl Supervisor {
                 tokio::task::spawn_local(e.clone().keep_running(cfg.clone(), slot));
                 Ok(())
             }
-            Supervisor::Systemd(w) => w.start(slot).await,
+            Supervisor::Systemd(w) => w.start(slot, &cfg.limits).await,
         }
     }
 

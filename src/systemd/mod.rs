@@ -10,10 +10,12 @@ pub mod dbus;
 pub mod generator;
 pub mod notify;
 
+use crate::config::Limits;
 use crate::control::Usage;
 use dbus::{JobProxy, ManagerProxy, ServiceProxy, UnitProxy};
 use futures_util::StreamExt;
 use std::time::Duration;
+use zbus::zvariant::Value;
 
 /// Longest a start or stop job may take before the master gives up on it.
 const JOB_TIMEOUT: Duration = Duration::from_secs(90);
@@ -106,12 +108,39 @@ impl Workers {
             .unwrap_or_else(|_| Err(format!("{verb} {unit}: no answer in {JOB_TIMEOUT:?}")))
     }
 
-    pub async fn start(&self, slot: u16) -> Result<(), String> {
+    pub async fn start(&self, slot: u16, limits: &Limits) -> Result<(), String> {
         let unit = worker_unit(&self.app, slot);
         // A slot whose unit once failed for good is used again: clear its
         // start limit (an error only means there was nothing to clear).
         let _ = self.manager.reset_failed_unit(&unit).await;
+        self.apply_limits(&unit, limits).await?;
         self.job(&unit, true).await
+    }
+
+    /// The app's `limits` as the unit's cgroup settings, for this boot
+    /// (`runtime`: a drop-in in /run/systemd/system.control), set before
+    /// every start so that a limit taken out of the config is lifted too.
+    /// The kernel enforces them; systemd restarts a worker killed for
+    /// going over `MemoryMax=`.
+    async fn apply_limits(&self, unit: &str, limits: &Limits) -> Result<(), String> {
+        // systemd's "infinity" and "not set".
+        let unset = u64::MAX;
+        let properties = [
+            ("MemoryMax", Value::from(limits.memory_max.unwrap_or(unset))),
+            ("MemoryHigh", Value::from(limits.memory_high.unwrap_or(unset))),
+            ("CPUWeight", Value::from(limits.cpu_weight.map_or(unset, u64::from))),
+        ];
+        match self.manager.set_unit_properties(unit, true, &properties).await {
+            Ok(()) => Ok(()),
+            Err(e) if limits.memory_max.is_some() || limits.memory_high.is_some() || limits.cpu_weight.is_some() => {
+                Err(format!("cannot apply limits to {unit}: {e} (the polkit rule 50-sio.rules must let user sio set-property on it)"))
+            }
+            // Nothing to lift unless limits were set once: not an error.
+            Err(e) => {
+                tracing::debug!(app = %self.app, "no limits to lift on {unit}: {e}");
+                Ok(())
+            }
+        }
     }
 
     pub async fn stop(&self, slot: u16) -> Result<(), String> {

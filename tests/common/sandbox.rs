@@ -9,6 +9,9 @@
 //! `:` (that would pull in the host's units, and systemd-tmpfiles would wipe
 //! the host's /tmp); the sandbox gets a cgroup of its own in every hierarchy
 //! and unmounts the host's cgroup tree, so sandboxes never see each other.
+//! The unit path keeps systemd's `/run/systemd/system.control`, where
+//! `SetUnitProperties` (the master applying an app's limits) writes its
+//! drop-ins: without it they would be lost whenever the unit is reloaded.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -187,7 +190,7 @@ impl Sandbox {
             "#!/bin/sh\nmount -t tmpfs tmpfs /run\nmkdir -p /run/systemd\numount -R /sys/fs/cgroup\n\
              mount --bind {polkit_rules} /etc/polkit-1/rules.d\n\
              [ -e {dir}/policy-rc.d ] && [ -e /usr/sbin/policy-rc.d ] && mount --bind {dir}/policy-rc.d /usr/sbin/policy-rc.d\n\
-             export SYSTEMD_UNIT_PATH={units}:/run/systemd/generator\nexport SYSTEMD_GENERATOR_PATH={generators}\n\
+             export SYSTEMD_UNIT_PATH={units}:/run/systemd/system.control:/run/systemd/generator\nexport SYSTEMD_GENERATOR_PATH={generators}\n\
              export container=sio-test\nexec /lib/systemd/systemd --system --unit=default.target\n",
             units = units.display(),
             generators = generators.display(),

@@ -1,18 +1,12 @@
 // One worker's JavaScript gets stuck for good while clients keep arriving.
 // Holds one client on each of two workers, makes worker w1 hang, then opens
 // N fresh websocket sessions at once and times each until its welcome.
-const { connect, emitAck, report, run, sleep, withTimeout } = require("./lib");
+const { clientOnEachWorker, connect, emitAck, report, run, sleep, withTimeout } = require("./lib");
 const port = process.argv[2];
 const n = Number(process.argv[3] || 20);
 
 run(async () => {
-  const held = {};
-  for (let i = 0; i < 20 && !(held.w1 && held.w2); i++) {
-    const c = await connect(port, `held${i}`, { transports: ["websocket"] });
-    if (held[c.worker]) c.socket.close();
-    else held[c.worker] = c;
-  }
-  if (!(held.w1 && held.w2)) throw new Error("could not place a client on each worker");
+  const held = await clientOnEachWorker(port);
   held.w1.socket.emit("hang");
   await sleep(300);
   const t0 = Date.now();

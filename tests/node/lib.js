@@ -74,7 +74,20 @@ function run(main) {
   );
 }
 
-module.exports = { sleep, withTimeout, connect, emitAck, raw, report, run };
+// One websocket client on each of workers w1 and w2 (new sessions are
+// spread, so a few tries place them): { w1, w2 }.
+async function clientOnEachWorker(port) {
+  const held = {};
+  for (let i = 0; i < 20 && !(held.w1 && held.w2); i++) {
+    const c = await connect(port, `held${i}`, { transports: ["websocket"] });
+    if (held[c.worker]) c.socket.close();
+    else held[c.worker] = c;
+  }
+  if (!(held.w1 && held.w2)) throw new Error("could not place a client on each worker");
+  return held;
+}
+
+module.exports = { sleep, withTimeout, connect, emitAck, raw, report, run, clientOnEachWorker };
 
 const http = require("http");
 

@@ -30,6 +30,7 @@ for (let i = 0; i < Number(process.env.FAKE_SESSIONS || 0); i++) {
   process.send({ type: "sticky:connection", data: `fake-${me}-${i}` });
 }
 
+const hogged = [];
 io.on("connection", (socket) => {
   socket.emit("welcome", { worker: me, pid: process.pid, sid: socket.conn.id });
   socket.on("echo", (payload, ack) => ack({ worker: me, payload }));
@@ -78,6 +79,10 @@ io.on("connection", (socket) => {
       stopSibling: attempt(systemd("StopUnit", `sio-worker@${app}:2.service`)),
       startWorker: attempt(systemd("StartUnit", `sio-worker@${app}:3.service`)),
     });
+  });
+  // The app's memory grows: MB megabytes of live, touched buffers.
+  socket.on("hog", (mb) => {
+    for (let i = 0; i < mb; i++) hogged.push(Buffer.alloc(1 << 20, 1));
   });
   // The app's JavaScript gets stuck for good: its event loop never runs again.
   socket.on("hang", () => {
