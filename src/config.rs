@@ -238,6 +238,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "limits.memory_max", default: "none", meaning: "a worker's memory ceiling, bytes or `\"512M\"`: under systemd its unit's `MemoryMax=` (the kernel stops it, systemd restarts it); under `sio up` a worker whose resident memory is above it is replaced (a new one first, then it drains)" },
     Field { name: "limits.memory_high", default: "none", meaning: "under systemd, the worker unit's `MemoryHigh=` (reclaimed and slowed above it); not enforced by `sio up`" },
     Field { name: "limits.cpu_weight", default: "none (100)", meaning: "under systemd, the worker unit's `CPUWeight=`, 1–10000; not enforced by `sio up`" },
+    Field { name: "metrics", default: "none", meaning: "an address (`\"127.0.0.1:9464\"`) where the master serves Prometheus metrics at `/metrics`; under systemd `sio@APP.socket` holds it too" },
     Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
 ];
 
@@ -260,14 +261,19 @@ struct RawConfig {
     limits: Limits,
     #[serde(default)]
     control_group: Option<String>,
+    #[serde(default)]
+    metrics: Option<SocketAddr>,
 }
 
-/// What the generator reads: `listen` alone, through the same deserializer
-/// as [`RawConfig`] (same forms, same errors), every other field ignored.
+/// What the generator reads: `listen` and `metrics` alone, through the same
+/// deserializers as [`RawConfig`] (same forms, same errors), every other
+/// field ignored.
 #[derive(Deserialize)]
 struct ListenOnly {
     #[serde(default = "default_listen", deserialize_with = "addresses")]
     listen: Vec<SocketAddr>,
+    #[serde(default)]
+    metrics: Option<SocketAddr>,
 }
 
 /// A validated app configuration.
@@ -292,6 +298,9 @@ pub struct AppConfig {
     /// Members of this group may scale and reload the app (besides root
     /// and the master's own user).
     pub control_group: Option<String>,
+    /// Where the master serves Prometheus metrics (`GET /metrics`), if
+    /// anywhere: never the app's own port.
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A config error: the file, the field (if one is to blame), and what is wrong.
@@ -353,7 +362,13 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
 /// systemd generator needs, so that one broken field elsewhere or a `cwd`
 /// on a filesystem not mounted yet does not cost the app its socket.
 pub fn listen_addresses(path: &Path, text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    deserialize::<ListenOnly>(path, text).map(|l| l.listen)
+    socket_addresses(path, text).map(|(listen, _)| listen)
+}
+
+/// The same, with the `metrics` address: every socket `sio@APP.socket`
+/// holds for the app (the generator's drop-in).
+pub fn socket_addresses(path: &Path, text: &str) -> Result<(Vec<SocketAddr>, Option<SocketAddr>), ConfigError> {
+    deserialize::<ListenOnly>(path, text).map(|l| (l.listen, l.metrics))
 }
 
 /// Why a folder that exists on the host may look missing here: the units'
@@ -453,6 +468,16 @@ impl AppConfig {
             };
             return Err(err(field.into(), "must be at least 1"));
         }
+        if let Some(m) = raw.metrics.filter(|m| {
+            raw.listen.iter().any(|l| {
+                l.port() == m.port() && (l.ip() == m.ip() || l.ip().is_unspecified() || m.ip().is_unspecified())
+            })
+        }) {
+            return Err(err(
+                "metrics".into(),
+                &format!("{m} is the app's own address (`listen`): give the metrics a port of their own"),
+            ));
+        }
         // Node itself needs tens of MiB: a smaller ceiling is a typo.
         for (field, value) in [("limits.memory_max", l.memory_max), ("limits.memory_high", l.memory_high)] {
             if value.is_some_and(|v| v < 32 << 20) {
@@ -478,6 +503,7 @@ impl AppConfig {
             timeouts: raw.timeouts,
             limits: raw.limits,
             control_group: raw.control_group,
+            metrics: raw.metrics,
         })
     }
 
@@ -573,6 +599,20 @@ mod tests {
             (c.limits.memory_max, c.limits.memory_high, c.limits.cpu_weight),
             (Some(1 << 30), Some(768 << 20), Some(200))
         );
+    }
+
+    #[test]
+    fn metrics_get_a_port_of_their_own() {
+        for (listen, metrics) in
+            [("127.0.0.1:3000", "127.0.0.1:3000"), ("0.0.0.0:3000", "127.0.0.1:3000"), ("[::1]:3000", "[::]:3000")]
+        {
+            let e = parse(&format!(r#"{{"command": ["node"], "listen": "{listen}", "metrics": "{metrics}"}}"#))
+                .unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("metrics"), "{e}");
+        }
+        let c = parse(r#"{"command": ["node"], "listen": "127.0.0.1:3000", "metrics": "127.0.0.1:9464"}"#).unwrap();
+        assert_eq!(c.metrics, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(parse(r#"{"command": ["node"], "metrics": "localhost:9464"}"#).is_err());
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub struct Status {
     #[serde(default)]
     pub master: Option<Usage>,
     pub listen: Vec<SocketAddr>,
+    /// Where the Prometheus metrics are served.
+    #[serde(default)]
+    pub metrics: Option<SocketAddr>,
     pub activated: bool,
     pub workers: Vec<WorkerStatus>,
     pub sessions: u64,

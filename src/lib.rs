@@ -39,6 +39,7 @@ pub mod http_head;
 pub mod listen;
 pub mod logging;
 pub mod master;
+pub mod metrics;
 pub mod nodeipc;
 pub mod procfs;
 pub mod shutdown;

@@ -19,6 +19,9 @@ const BACKLOG: i32 = 4096;
 /// The master's listening sockets, non-blocking.
 pub struct Listeners {
     pub sockets: Vec<TcpListener>,
+    /// The `metrics` socket: systemd's (told apart from the app's by its
+    /// address), or bound here.
+    pub metrics: Option<TcpListener>,
     /// Unix sockets systemd passed, with their paths (the bus and control
     /// sockets, see [`crate::endpoints`]).
     pub unix: Vec<(PathBuf, UnixListener)>,
@@ -54,6 +57,8 @@ impl Listeners {
                 },
             }
         }
+        let metrics_at = |l: &TcpListener| cfg.metrics.is_some() && l.local_addr().ok() == cfg.metrics;
+        let mut metrics = sockets.iter().position(metrics_at).map(|i| sockets.remove(i));
         let activated = !sockets.is_empty();
         if !activated {
             for addr in &cfg.listen {
@@ -72,13 +77,26 @@ impl Listeners {
                 sockets.push(l);
             }
         }
-        for s in &sockets {
+        if let (None, Some(addr), true) = (&metrics, cfg.metrics, activated) {
+            // Under systemd the master may not open sockets to the network
+            // itself (IPAddressDeny=): the socket unit must hold it.
+            tracing::warn!(app = %cfg.app, "metrics {addr} is not among the sockets systemd passed: not served (systemctl daemon-reload, then restart sio@{}.socket)", cfg.app);
+        } else if let (None, Some(addr)) = (&metrics, cfg.metrics) {
+            let l = TcpListener::bind(addr).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("cannot listen on {addr} (field `metrics` of {}): {e}", cfg.path.display()),
+                )
+            })?;
+            metrics = Some(l);
+        }
+        for s in sockets.iter().chain(&metrics) {
             s.set_nonblocking(true)?;
         }
         for (_, u) in &unix {
             u.set_nonblocking(true)?;
         }
-        Ok(Listeners { sockets, unix, activated })
+        Ok(Listeners { sockets, metrics, unix, activated })
     }
 
     pub fn addresses(&self) -> Vec<SocketAddr> {

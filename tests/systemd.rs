@@ -7,6 +7,7 @@ use common::sandbox::Sandbox;
 use common::*;
 use serde_json::json;
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 fn free_port() -> u16 {
@@ -713,4 +714,26 @@ fn a_worker_above_memory_max_is_stopped_by_the_kernel_and_restarted_by_systemd()
     // SIGKILL shows as status 137 (nothing else here kills Node).
     let journal = sb.journal(&["-u", &unit(1)]);
     assert!(journal.contains("oom-kill") || journal.contains("status=137"), "{journal}");
+}
+
+#[test]
+fn metrics_are_served_from_a_socket_the_socket_unit_holds() {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (sb, app, _) = booted_with(2, json!({ "metrics": metrics }));
+    sb.systemctl(&["start", &format!("sio@{app}.socket")]);
+    // The generator gave the socket unit the metrics address too.
+    let listen = sb.systemctl(&["show", &format!("sio@{app}.socket"), "-p", "Listen"]);
+    assert!(listen.contains(&format!("{metrics} (Stream)")), "{listen}");
+    // A scrape activates the master like any client, which serves it from
+    // the passed socket (it may not open one to the network itself).
+    let scrape = || {
+        let out = Command::new("curl").args(["-sf", "--max-time", "20", &format!("http://{metrics}/metrics")]).output();
+        String::from_utf8_lossy(&out.unwrap().stdout).into_owned()
+    };
+    let page = scrape();
+    assert!(page.contains(&format!("sio_handoffs_total{{app=\"{app}\"}}")), "{page}");
+    let s = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    assert_eq!(s["metrics"], json!(metrics));
+    let page = scrape();
+    assert!(page.contains(&format!("sio_workers{{app=\"{app}\",state=\"ready\"}} 2")), "{page}");
 }

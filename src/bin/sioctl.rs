@@ -90,6 +90,9 @@ fn print_status(s: &Status) {
         listen.join(", "),
         if s.activated { " (socket-activated)" } else { "" }
     );
+    if let Some(m) = s.metrics {
+        println!("metrics at http://{m}/metrics");
+    }
     println!(
         "{:<6} {:<10} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9}",
         "WORKER", "STATE", "PID", "SESSIONS", "MEMORY", "CPU", "RESTARTS", "AGENT"

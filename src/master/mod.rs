@@ -14,6 +14,7 @@
 mod accept;
 mod bus;
 mod fleet;
+mod scrape;
 
 pub use bus::connect as connect_bus;
 pub mod router;
@@ -232,6 +233,8 @@ pub struct Master {
     /// creation, served once running.
     doors: RefCell<Option<bus::Doors>>,
     listen: Vec<SocketAddr>,
+    /// Where the Prometheus metrics are served.
+    metrics: Option<SocketAddr>,
     activated: bool,
     st: RefCell<State>,
     /// Woken when a connection starts waiting with an earlier deadline than
@@ -281,6 +284,7 @@ impl Master {
         Ok(Rc::new(Master {
             doors,
             listen: listeners.addresses(),
+            metrics: listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
             activated: listeners.activated,
             cfg,
             st: RefCell::new(st),
@@ -318,6 +322,15 @@ impl Master {
             tokio::task::spawn_local(self.clone().report_to_systemd()),
             tokio::task::spawn_local(self.clone().watch_failures()),
             tokio::task::spawn_local(self.clone().watch_memory()),
+            tokio::task::spawn_local({
+                let master = self.clone();
+                let metrics = listeners.metrics;
+                async move {
+                    if let Some(l) = metrics {
+                        master.serve_metrics(l).await;
+                    }
+                }
+            }),
             tokio::task::spawn_local(self.clone().bring_up()),
         ];
         shutdown.recv().await;
@@ -598,6 +611,7 @@ impl Master {
             pid: std::process::id(),
             master: None,
             listen: self.listen.clone(),
+            metrics: self.metrics,
             activated: self.activated,
             sessions: workers.iter().map(|w| u64::from(w.sessions)).sum(),
             workers,

@@ -1,6 +1,6 @@
 //! `sio-generator`: a systemd generator (systemd.generator(7)) that gives
-//! each `sio@APP.socket` the `listen` addresses of `/etc/sio/APP.json`, as a
-//! drop-in in the generator's output folder. The app's config stays the one
+//! each `sio@APP.socket` the `listen` addresses of `/etc/sio/APP.json` (and
+//! its `metrics` address), as a drop-in in the generator's output folder. The app's config stays the one
 //! place where its address is written; `systemctl daemon-reload` applies a
 //! change.
 
@@ -56,7 +56,10 @@ fn read_listen(path: &Path) -> Result<(String, Vec<SocketAddr>), config::ConfigE
         field: None,
         message: format!("cannot read: {e}"),
     })?;
-    Ok((app, config::listen_addresses(path, &text)?))
+    let (mut addresses, metrics) = config::socket_addresses(path, &text)?;
+    // The master tells the metrics socket from the app's by its address.
+    addresses.extend(metrics);
+    Ok((app, addresses))
 }
 
 #[cfg(test)]
@@ -77,11 +80,13 @@ mod tests {
     fn the_drop_in_is_written_for_an_app_whose_cwd_is_missing_and_whose_group_is_unknown() {
         let (etc, out) = folders("env");
         let json = r#"{"command": ["node", "worker.js"], "cwd": "/nonexistent/srv/chat",
-            "control_group": "sio-test-no-such-group", "listen": ["127.0.0.1:4000", "[::1]:4000"]}"#;
+            "control_group": "sio-test-no-such-group", "listen": ["127.0.0.1:4000", "[::1]:4000"],
+            "metrics": "127.0.0.1:9464"}"#;
         std::fs::write(etc.join("chat.json"), json).unwrap();
         generate(&etc, &out).unwrap();
         let drop_in = std::fs::read_to_string(out.join("sio@chat.socket.d/50-listen.conf")).unwrap();
-        assert!(drop_in.ends_with("[Socket]\nListenStream=127.0.0.1:4000\nListenStream=[::1]:4000\n"), "{drop_in}");
+        let expected = "[Socket]\nListenStream=127.0.0.1:4000\nListenStream=[::1]:4000\nListenStream=127.0.0.1:9464\n";
+        assert!(drop_in.ends_with(expected), "{drop_in}");
         std::fs::remove_dir_all(etc.parent().unwrap()).unwrap();
     }
 

@@ -1,0 +1,145 @@
+//! What an operator sees of a running app: Prometheus metrics, checked by
+//! promtool and scraped by a real Prometheus server (Debian's
+//! `prometheus` package; `.ci/run` installs it).
+
+mod common;
+
+use common::*;
+use serde_json::{json, Value};
+use std::io::{Read, Write};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// `curl URL`: the status code and the body.
+fn curl(url: &str, query: Option<&str>) -> (u16, String) {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "-", "-w", "\n%{http_code}", "--max-time", "10"]);
+    if let Some(q) = query {
+        cmd.args(["-G", "--data-urlencode", &format!("query={q}")]);
+    }
+    let out = cmd.arg(url).output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, code) = text.rsplit_once('\n').unwrap();
+    (code.parse().unwrap_or(0), body.to_owned())
+}
+
+/// The value of the sample `name{app="APP"...}` on a metrics page.
+fn sample(page: &str, prefix: &str) -> f64 {
+    let line = page.lines().find(|l| l.starts_with(prefix)).unwrap_or_else(|| panic!("no {prefix} in\n{page}"));
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// A Prometheus server scraping `target` every second, stopped on drop.
+struct Prometheus {
+    child: Child,
+    port: u16,
+}
+
+impl Prometheus {
+    fn start(dir: &std::path::Path, target: &str) -> Prometheus {
+        let port = free_port();
+        let config = dir.join("prometheus.yml");
+        std::fs::write(
+            &config,
+            format!("global:\n  scrape_interval: 1s\nscrape_configs:\n  - job_name: sio\n    static_configs:\n      - targets: ['{target}']\n"),
+        )
+        .unwrap();
+        let log = std::fs::File::create(dir.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        Prometheus { child, port }
+    }
+
+    /// The result vector of an instant query, once Prometheus answers.
+    fn query(&self, q: &str) -> Vec<Value> {
+        let (code, body) = curl(&format!("http://127.0.0.1:{}/api/v1/query", self.port), Some(q));
+        if code != 200 {
+            return Vec::new();
+        }
+        let v: Value = serde_json::from_str(&body).unwrap();
+        v["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[test]
+fn metrics_pass_promtool_count_traffic_and_are_scraped_by_prometheus() {
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let app = App::start_with(2, json!({ "metrics": metrics }));
+    assert_eq!(app.status()["metrics"], json!(metrics), "sioctl status says where");
+    let url = format!("http://{metrics}/metrics");
+    let (code, before) = curl(&url, None);
+    assert_eq!(code, 200, "{before}");
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    promtool.stdin.take().unwrap().write_all(before.as_bytes()).unwrap();
+    let checked = promtool.wait_with_output().unwrap();
+    assert!(
+        checked.status.success() && checked.stdout.is_empty() && checked.stderr.is_empty(),
+        "promtool check metrics: {}{}\n{before}",
+        String::from_utf8_lossy(&checked.stdout),
+        String::from_utf8_lossy(&checked.stderr)
+    );
+    let app_label = format!("{{app=\"{}\"", app.name);
+    assert_eq!(sample(&before, &format!("sio_workers{app_label},state=\"ready\"}}")), 2.0);
+    assert!(sample(&before, &format!("sio_worker_memory_bytes{app_label},worker=\"1\"}}")) > 1e6);
+    assert!(sample(&before, &format!("process_resident_memory_bytes{app_label}}}")) > 1e6);
+
+    let r = node("race.js", &[&app.port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "{r}");
+    let (_, after) = curl(&url, None);
+    let handoffs = |page: &str| sample(page, &format!("sio_handoffs_total{app_label}}}"));
+    assert!(handoffs(&after) >= handoffs(&before) + 20.0, "before:\n{before}\nafter:\n{after}");
+    let accepted = |page: &str| sample(page, &format!("sio_accepted_connections_total{app_label}}}"));
+    assert!(accepted(&after) > accepted(&before));
+
+    // Anything else is answered, and bounded.
+    assert_eq!(curl(&format!("http://{metrics}/"), None).0, 404);
+    let mut garbage = std::net::TcpStream::connect(&metrics).unwrap();
+    garbage.write_all(b"\x16\x03\x01 not http\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    garbage.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+
+    // A real Prometheus scrapes it.
+    let prometheus = Prometheus::start(&app.dir, &metrics);
+    let t0 = Instant::now();
+    let result = loop {
+        let result = prometheus.query(&format!("sio_handoffs_total{{app=\"{}\"}}", app.name));
+        if !result.is_empty() {
+            break result;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "{}",
+            std::fs::read_to_string(app.dir.join("prometheus.log")).unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let scraped: f64 = result[0]["value"][1].as_str().unwrap().parse().unwrap();
+    assert!(scraped >= handoffs(&after), "{result:?}");
+    let up = prometheus.query("up{job=\"sio\"}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+}
