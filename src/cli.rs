@@ -77,6 +77,19 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Print the APP.json of a PM2 ecosystem file's app (evaluated by Node,
+    /// as PM2 does), saying on stderr what does not carry over and why.
+    Import {
+        /// ecosystem.config.js (or .cjs, .json).
+        file: PathBuf,
+        /// Merge the apps' env_NAME over env (PM2's --env NAME).
+        #[arg(long)]
+        env: Option<String>,
+        /// Write DIR/APP.json for each app (never over an existing file)
+        /// instead of printing one app.
+        #[arg(long, value_name = "DIR")]
+        write: Option<PathBuf>,
+    },
     /// Run N workers (kept across master restarts).
     Scale { app: String, instances: u16 },
     /// Replace every worker, one at a time, never fewer ready than before.

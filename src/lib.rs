@@ -36,6 +36,7 @@ pub mod endpoints;
 pub mod handoff;
 pub mod heap;
 pub mod http_head;
+pub mod import;
 pub mod listen;
 pub mod logging;
 pub mod master;

@@ -143,3 +143,61 @@ fn metrics_pass_promtool_count_traffic_and_are_scraped_by_prometheus() {
     let up = prometheus.query("up{job=\"sio\"}");
     assert_eq!(up[0]["value"][1], "1", "{up:?}");
 }
+
+fn sioctl_import(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_sioctl")).arg("import").args(args).output().unwrap()
+}
+
+#[test]
+fn sioctl_import_turns_the_socket_io_pm2_seed_into_a_config_sio_up_starts() {
+    let out = sioctl_import(&[node_dir().join("ecosystem.config.js").to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut cfg: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cfg, json!({"command": ["node", "worker.js"], "cwd": node_dir(), "instances": "max"}));
+    assert!(out.stderr.is_empty(), "nothing dropped: {}", String::from_utf8_lossy(&out.stderr));
+    // Port 0 rather than the default 3000, which the demo may hold.
+    cfg["listen"] = json!("127.0.0.1:0");
+    let dir = scratch_dir(&format!("{}-seed", app_name()));
+    std::fs::write(dir.join("worker.json"), cfg.to_string()).unwrap();
+    let cpus = std::thread::available_parallelism().unwrap().get() as u16;
+    let app = App::start_file(&dir.join("worker.json"), cpus);
+    let r = node("race.js", &[&app.port.to_string(), "10"]);
+    assert_eq!(r["counts"], json!({"ok": 10}), "{r}");
+}
+
+#[test]
+fn sioctl_import_of_a_rich_file_writes_every_app_and_says_what_it_drops() {
+    let dir = scratch_dir(&format!("{}-rich", app_name()));
+    let port = free_port();
+    let file = node_dir().join("ecosystem.rich.config.js");
+    let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
+        .args(["import", "--env", "production", "--write"])
+        .arg(&dir)
+        .arg(&file)
+        .env("TEST_PORT", port.to_string())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    for said in ["rich-chat: watch: not carried over", "rich-chat: out_file: not carried over (logs go to the journal"]
+    {
+        assert!(stderr.contains(said), "{said}: {stderr}");
+    }
+    let cfg: Value = serde_json::from_str(&std::fs::read_to_string(dir.join("rich-chat.json")).unwrap()).unwrap();
+    assert_eq!(cfg["command"], json!(["node", "--max-old-space-size=256", "worker.js", "--title", "rich chat"]));
+    assert_eq!(cfg["env"], json!({"NODE_ENV": "production", "PORT": port.to_string(), "GREETING": "hello"}));
+    assert_eq!(cfg["listen"], json!(format!("0.0.0.0:{port}")));
+    assert_eq!((&cfg["limits"]["memory_max"], &cfg["timeouts"]["stop_ms"]), (&json!("200M"), &json!(3000)));
+    assert!(dir.join("second.json").exists());
+    // Written files are never overwritten.
+    let again = Command::new(env!("CARGO_BIN_EXE_sioctl")).args(["import", "--write"]).arg(&dir).arg(&file).output();
+    assert!(!again.unwrap().status.success());
+    // More than one app needs --write.
+    let printed = sioctl_import(&[file.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&printed.stderr).contains("2 apps"), "{printed:?}");
+
+    let app = App::start_file(&dir.join("rich-chat.json"), 2);
+    assert_eq!(app.port, port);
+    let r = node("race.js", &[&port.to_string(), "10"]);
+    assert_eq!(r["counts"], json!({"ok": 10}), "{r}");
+}

@@ -152,6 +152,56 @@ fn fail(e: impl std::fmt::Display) -> ExitCode {
     ExitCode::FAILURE
 }
 
+/// Node evaluates the ecosystem file as PM2 does (`require`), and prints
+/// its apps as JSON (functions and other non-JSON values drop out).
+const READ_ECOSYSTEM: &str = "const f = require(require('path').resolve(process.argv[1])); \
+    const apps = Array.isArray(f) ? f : f.apps ? [].concat(f.apps) : [f]; \
+    process.stdout.write(JSON.stringify(apps));";
+
+fn import(file: &std::path::Path, env: Option<&str>, write: Option<&std::path::Path>) -> Result<(), String> {
+    let out = std::process::Command::new("node")
+        .args(["-e", READ_ECOSYSTEM])
+        .arg(file)
+        .output()
+        .map_err(|e| format!("cannot run node to read {}: {e}", file.display()))?;
+    if !out.status.success() {
+        return Err(format!("node could not read {}: {}", file.display(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    let apps: Vec<serde_json::Value> =
+        serde_json::from_slice(&out.stdout).map_err(|e| format!("{}: no apps in it ({e})", file.display()))?;
+    let base = std::fs::canonicalize(file).map_err(|e| format!("{}: {e}", file.display()))?;
+    let base = base.parent().unwrap_or(std::path::Path::new("/"));
+    let imported = apps
+        .iter()
+        .map(|app| sio::import::from_pm2(app, env, base))
+        .collect::<Result<Vec<_>, String>>()
+        .map_err(|e| format!("{}: {e}", file.display()))?;
+    let json = |i: &sio::import::Imported| serde_json::to_string_pretty(&i.config).expect("json") + "\n";
+    match (write, imported.as_slice()) {
+        (None, [one]) => print!("{}", json(one)),
+        (None, many) => {
+            return Err(format!("{} apps in {}: --write DIR writes DIR/APP.json for each", many.len(), file.display()))
+        }
+        (Some(dir), all) => {
+            for i in all {
+                let path = dir.join(format!("{}.json", i.name));
+                let mut f =
+                    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
+                        format!("{}: {e} (an existing app config is never overwritten)", path.display())
+                    })?;
+                f.write_all(json(i).as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;
+                println!("wrote {}", path.display());
+            }
+        }
+    }
+    for i in &imported {
+        for note in &i.notes {
+            eprintln!("sioctl: {}: {note}", i.name);
+        }
+    }
+    Ok(())
+}
+
 fn run_change(app: &str, request: Request) -> ExitCode {
     match ask(app, &request) {
         Ok(Response::Done(msg)) => {
@@ -233,6 +283,10 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Import { file, env, write } => match import(file, env.as_deref(), write.as_deref()) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
         Command::Scale { app, instances } => run_change(app, Request::Scale { instances: *instances }),
         Command::Reload { app } => run_change(app, Request::Reload),
         Command::Logs { app, follow, lines } => {

@@ -132,6 +132,19 @@ impl App {
         }
         let config = dir.join(format!("{name}.json"));
         fs::write(&config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+        App::launch(name, dir, config, workers, runtime_env)
+    }
+
+    /// `sio up CONFIG` of a config file written elsewhere (in `dir`, a
+    /// scratch folder), once `workers` are ready.
+    pub fn start_file(config: &Path, workers: u16) -> App {
+        let name = config.file_stem().unwrap().to_str().unwrap().to_owned();
+        let dir = config.parent().unwrap().to_owned();
+        let runtime_dir = dir.join("run");
+        App::launch(name, dir, config.to_owned(), workers, ("SIO_RUNTIME_DIR", runtime_dir))
+    }
+
+    fn launch(name: String, dir: PathBuf, config: PathBuf, workers: u16, runtime_env: (&'static str, PathBuf)) -> App {
         let log = fs::File::create(dir.join("sio.log")).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_sio"))
             .arg("up")
