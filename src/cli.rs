@@ -77,6 +77,18 @@ pub enum CtlCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A live view of APP (PM2's monit): workers, the master's rates, recent
+    /// logs; q quits, up/down select a worker. Plain text, once per
+    /// interval, when the output is not a terminal.
+    Top {
+        app: String,
+        /// Refresh interval.
+        #[arg(long, default_value_t = 1000, value_name = "MS")]
+        interval_ms: u64,
+        /// Stop after N refreshes (plain text only; default: until stopped).
+        #[arg(short = 'n', long)]
+        iterations: Option<u64>,
+    },
     /// Print the APP.json of a PM2 ecosystem file's app (evaluated by Node,
     /// as PM2 does), saying on stderr what does not carry over and why.
     Import {

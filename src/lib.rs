@@ -46,5 +46,6 @@ pub mod procfs;
 pub mod shutdown;
 pub mod sid;
 pub mod systemd;
+pub mod top;
 pub mod up;
 pub mod wire;

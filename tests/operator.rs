@@ -201,3 +201,73 @@ fn sioctl_import_of_a_rich_file_writes_every_app_and_says_what_it_drops() {
     let r = node("race.js", &[&port.to_string(), "10"]);
     assert_eq!(r["counts"], json!({"ok": 10}), "{r}");
 }
+
+/// A tmux server of this test's own (`-L`), killed on drop.
+struct Tmux(String);
+
+impl Tmux {
+    fn cmd(&self, args: &[&str]) -> std::process::Output {
+        Command::new("tmux").args(["-L", &self.0]).args(args).output().unwrap()
+    }
+
+    fn pane(&self) -> String {
+        String::from_utf8_lossy(&self.cmd(&["capture-pane", "-p", "-t", "top"]).stdout).into_owned()
+    }
+
+    /// Waits until the pane shows what `ok` wants; returns it.
+    fn wait(&self, what: &str, ok: impl Fn(&str) -> bool) -> String {
+        let t0 = Instant::now();
+        loop {
+            let pane = self.pane();
+            if ok(&pane) {
+                return pane;
+            }
+            assert!(t0.elapsed() < Duration::from_secs(20), "{what}; the pane shows:\n{pane}");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = self.cmd(&["kill-server"]);
+    }
+}
+
+#[test]
+fn sioctl_top_in_a_real_terminal_shows_the_workers_updates_and_quits_on_q() {
+    let app = App::start(2);
+    let tmux = Tmux(format!("sio-{}", app.name));
+    let sioctl = format!(
+        "SIO_RUNTIME_DIR={} {} top {} --interval-ms 300",
+        app.runtime_dir().display(),
+        env!("CARGO_BIN_EXE_sioctl"),
+        app.name
+    );
+    let started = tmux.cmd(&["new-session", "-d", "-s", "top", "-x", "120", "-y", "40", &sioctl]);
+    assert!(started.status.success(), "{started:?}");
+    tmux.wait("two workers ready, no sessions", |p| p.contains("2 workers ready, 0 sessions") && p.contains("WORKER"));
+    let holder = Holder::start(app.port, 10, "websocket");
+    let pane = tmux.wait("the ten sessions", |p| p.contains("2 workers ready, 10 sessions"));
+    let rows: Vec<&str> = pane.lines().filter(|l| l.contains("ready") && !l.contains("workers ready")).collect();
+    assert_eq!(rows.len(), 2, "a line per worker:\n{pane}");
+    // WORKER STATE PID SESSIONS …, inside the table's borders.
+    let sessions: u64 =
+        rows.iter().map(|l| l.replace('│', " ").split_whitespace().nth(3).unwrap().parse::<u64>().unwrap()).sum();
+    assert_eq!(sessions, 10, "the workers' sessions add up:\n{pane}");
+    tmux.cmd(&["send-keys", "-t", "top", "Down"]);
+    tmux.wait("worker 2 selected", |p| p.contains("worker 2 selected"));
+    tmux.cmd(&["send-keys", "-t", "top", "q"]);
+    let t0 = Instant::now();
+    while tmux.cmd(&["has-session", "-t", "top"]).status.success() {
+        assert!(t0.elapsed() < Duration::from_secs(10), "still running after q:\n{}", tmux.pane());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    drop(holder);
+
+    // Not a terminal: plain text, refreshed, stopping when asked.
+    let out = app.sioctl().args(["top", &app.name, "--interval-ms", "100", "-n", "2"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(text.matches("WORKER").count(), 2, "{text}");
+}

@@ -8,6 +8,7 @@ use clap::Parser;
 use sio::cli::{CtlCli as Cli, CtlCommand as Command};
 use sio::control::{thousands, Request, Response, Status};
 use sio::endpoints::Endpoints;
+use sio::top::mib;
 use sio::wire::{self, Role, ToAgent, ToMaster, PROTOCOL_VERSION};
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -68,10 +69,6 @@ fn stopped_under_systemd(app: &str, control: &std::path::Path) -> Option<String>
         .ok()?;
     let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (out.status.success() && (state == "inactive" || state == "failed")).then_some(state)
-}
-
-fn mib(bytes: Option<u64>) -> String {
-    bytes.map_or("-".into(), |b| format!("{:.1}M", b as f64 / 1048576.0))
 }
 
 fn seconds(ns: Option<u64>) -> String {
@@ -283,6 +280,12 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
+        Command::Top { app, interval_ms, iterations } => {
+            match top_view::run(app, Duration::from_millis((*interval_ms).max(100)), *iterations) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail(e),
+            }
+        }
         Command::Import { file, env, write } => match import(file, env.as_deref(), write.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),
@@ -308,6 +311,136 @@ fn main() -> ExitCode {
                 Ok(s) => fail(format!("journalctl: {s}")),
                 Err(e) => fail(format!("cannot run journalctl: {e}")),
             }
+        }
+    }
+}
+
+/// `sioctl top`: the status every interval, drawn by [`sio::top`].
+mod top_view {
+    use super::{ask, Request, Response};
+    use ratatui::crossterm::event::{self, Event, KeyCode, KeyEventKind, KeyModifiers};
+    use ratatui::layout::{Constraint, Layout};
+    use ratatui::style::{Style, Stylize};
+    use ratatui::widgets::{Block, Paragraph, Row, Table, TableState};
+    use sio::top::{self, Sample};
+    use std::io::IsTerminal;
+    use std::time::{Duration, Instant};
+
+    fn sample(app: &str, t0: Instant) -> Result<Sample, String> {
+        match ask(app, &Request::Status)? {
+            Response::Status(s) => Ok(Sample { at: t0.elapsed().as_secs_f64(), status: *s }),
+            Response::Error(e) => Err(e),
+            _ => Err("unexpected answer".into()),
+        }
+    }
+
+    /// The last lines of the app's journal (systemd), or why there are none.
+    fn recent_logs(app: &str, under_systemd: bool) -> Vec<String> {
+        if !under_systemd {
+            return vec!["(sio up writes its logs to its own terminal)".into()];
+        }
+        let out = std::process::Command::new("journalctl")
+            .args(["-u", &format!("sio@{app}.service"), "-u", &format!("sio-worker@{app}:*.service")])
+            .args(["-n", "5", "-o", "short", "--no-pager", "-q"])
+            .output();
+        match out {
+            Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).lines().map(str::to_owned).collect(),
+            _ => vec!["(cannot read the journal: root or the adm group can)".into()],
+        }
+    }
+
+    pub fn run(app: &str, interval: Duration, iterations: Option<u64>) -> Result<(), String> {
+        let t0 = Instant::now();
+        if !std::io::stdout().is_terminal() {
+            let mut before = None;
+            for n in 1.. {
+                let now = sample(app, t0)?;
+                println!("{}", top::plain(before.as_ref(), &now));
+                before = Some(now);
+                if iterations.is_some_and(|i| n >= i) {
+                    break;
+                }
+                std::thread::sleep(interval);
+            }
+            return Ok(());
+        }
+        let mut terminal = ratatui::init();
+        let result = live(&mut terminal, app, interval, t0);
+        ratatui::restore();
+        result
+    }
+
+    fn live(terminal: &mut ratatui::DefaultTerminal, app: &str, interval: Duration, t0: Instant) -> Result<(), String> {
+        let under_systemd = super::supervisor(app) == "systemd";
+        let mut before: Option<Sample> = None;
+        let mut now = sample(app, t0)?;
+        let mut logs = recent_logs(app, under_systemd);
+        let mut table = TableState::default().with_selected(0);
+        let mut next = Instant::now() + interval;
+        loop {
+            let rates = top::rates(before.as_ref(), &now);
+            let rows = top::worker_rows(before.as_ref(), &now);
+            terminal
+                .draw(|f| {
+                    let [head, workers, log, help] = Layout::vertical([
+                        Constraint::Length(5),
+                        Constraint::Min(4),
+                        Constraint::Length(7),
+                        Constraint::Length(1),
+                    ])
+                    .areas(f.area());
+                    let master = top::master_lines(&now, &rates).join("\n");
+                    f.render_widget(Paragraph::new(master).block(Block::bordered().title(" sio top ")), head);
+                    let selected = table
+                        .selected()
+                        .and_then(|i| rows.get(i))
+                        .map_or(String::new(), |w| format!(" worker {} selected ", w.slot));
+                    let body = rows.iter().map(|w| {
+                        Row::new([
+                            w.slot.to_string(),
+                            w.state.clone(),
+                            w.pid.clone(),
+                            w.sessions.clone(),
+                            w.cpu.clone(),
+                            w.memory.clone(),
+                            w.restarts.clone(),
+                        ])
+                    });
+                    let widths = [6, 10, 8, 9, 7, 9, 8].map(Constraint::Length);
+                    let grid = Table::new(body, widths)
+                        .header(Row::new(top::HEADER).bold())
+                        .row_highlight_style(Style::new().reversed())
+                        .block(Block::bordered().title(" workers ").title_bottom(selected));
+                    f.render_stateful_widget(grid, workers, &mut table);
+                    f.render_widget(
+                        Paragraph::new(logs.join("\n")).block(Block::bordered().title(" recent logs ")),
+                        log,
+                    );
+                    f.render_widget(Paragraph::new(" q quit   up/down select a worker").dim(), help);
+                })
+                .map_err(|e| e.to_string())?;
+            let wait = next.saturating_duration_since(Instant::now());
+            if event::poll(wait).map_err(|e| e.to_string())? {
+                if let Event::Key(k) = event::read().map_err(|e| e.to_string())? {
+                    if k.kind == KeyEventKind::Press {
+                        match k.code {
+                            KeyCode::Char('q') | KeyCode::Esc => return Ok(()),
+                            KeyCode::Char('c') if k.modifiers.contains(KeyModifiers::CONTROL) => return Ok(()),
+                            KeyCode::Up | KeyCode::Char('k') => table.select_previous(),
+                            KeyCode::Down | KeyCode::Char('j')
+                                if table.selected().is_some_and(|i| i + 1 < rows.len()) =>
+                            {
+                                table.select_next()
+                            }
+                            _ => {}
+                        }
+                    }
+                }
+                continue;
+            }
+            next += interval;
+            before = Some(std::mem::replace(&mut now, sample(app, t0)?));
+            logs = recent_logs(app, under_systemd);
         }
     }
 }
