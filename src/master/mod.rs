@@ -607,7 +607,8 @@ impl Master {
             .collect();
         Status {
             app: self.cfg.app.clone(),
-            config: Some(self.cfg.path.clone()),
+            // Absolute: `sioctl ls` may run from anywhere.
+            config: Some(std::path::absolute(&self.cfg.path).unwrap_or_else(|_| self.cfg.path.clone())),
             pid: std::process::id(),
             master: None,
             listen: self.listen.clone(),
