@@ -57,7 +57,7 @@ impl Listeners {
                 },
             }
         }
-        let metrics_at = |l: &TcpListener| cfg.metrics.is_some() && l.local_addr().ok() == cfg.metrics;
+        let metrics_at = |l: &TcpListener| cfg.metrics.is_some_and(|m| l.local_addr().is_ok_and(|a| a == m));
         let mut metrics = sockets.iter().position(metrics_at).map(|i| sockets.remove(i));
         let activated = !sockets.is_empty();
         if !activated {

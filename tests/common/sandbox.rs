@@ -2,7 +2,8 @@
 //! namespaces, with only journald, D-Bus, polkit (with the repo's rule in
 //! place of the host's /etc/polkit-1/rules.d) and the repo's units (their
 //! `/usr/bin/sio*` paths pointed at the fresh build), run as the users of
-//! the repo's sysusers.d entry. The network namespace
+//! the repo's sysusers.d entry; or ([`Sandbox::boot_installed`]) the units,
+//! generator and rule an installed package put in place, unmodified. The network namespace
 //! is shared, so its sockets are reachable on 127.0.0.1 directly.
 //!
 //! Pitfalls avoided (see the design notes): the unit path never ends with
