@@ -78,6 +78,14 @@ impl Table {
         Table { stats, children, tick_ns: 1_000_000_000 / ticks_per_s.max(1), page_bytes }
     }
 
+    /// The processes whose parent is `pid`, in pid order.
+    pub fn children(&self, pid: u32) -> Vec<u32> {
+        let mut children = self.children.get(&pid).cloned().unwrap_or_default();
+        children.retain(|&c| c != pid);
+        children.sort_unstable();
+        children
+    }
+
     /// Process `pid` alone.
     pub fn process(&self, pid: u32) -> Option<Usage> {
         let s = self.stats.get(&pid)?;
@@ -144,6 +152,9 @@ mod tests {
         assert_eq!(tree.cpu_ns, Some(67 * 10_000_000));
         assert_eq!(t.process(10).unwrap().memory_bytes, Some(100 * 4096));
         assert!(t.tree(99).is_none());
+        assert_eq!(t.children(1), [10, 20]);
+        assert_eq!(t.children(11), [12]);
+        assert!(t.children(12).is_empty());
     }
 
     #[test]

@@ -1,0 +1,28 @@
+// The benchmark's one Socket.IO worker, used unchanged by every target.
+// Stock @socket.io/pm2 style (https://socket.io/docs/v4/pm2/): no listen();
+// connections arrive through @socket.io/sticky's setupWorker and broadcasts
+// reach the other workers through @socket.io/cluster-adapter. Run by sio,
+// @socket.io/pm2 (cluster mode) and cluster-sticky.js.
+// Without an IPC channel (`node worker.js`, no parent) it is "one Node
+// alone": no adapter, no sticky, it listens on 127.0.0.1:$PORT itself.
+const { createServer } = require("http");
+const { Server } = require("socket.io");
+const { createAdapter } = require("@socket.io/cluster-adapter");
+const { setupWorker } = require("@socket.io/sticky");
+
+const httpServer = createServer();
+const io = new Server(httpServer);
+
+if (process.send) {
+  io.adapter(createAdapter());
+  setupWorker(io);
+} else {
+  httpServer.listen(Number(process.env.PORT), "127.0.0.1");
+}
+
+io.on("connection", (socket) => {
+  // Which worker serves this session (balance across workers).
+  socket.on("who", (ack) => typeof ack === "function" && ack(process.pid));
+  // Fan-out: to every client on every worker.
+  socket.on("bcast", (payload) => io.emit("m", payload));
+});
