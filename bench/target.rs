@@ -1,5 +1,6 @@
 //! The servers under test, each running `bench/node/worker.js` unchanged,
-//! started and stopped by pid, listening on 127.0.0.1 only.
+//! started and stopped by pid, reached on 127.0.0.1 (all listen there only
+//! but pm2's God, which binds every interface).
 
 use sio::procfs::Table;
 use std::net::SocketAddr;
@@ -135,16 +136,21 @@ impl Target {
                     return Err(format!("{:?} exited ({status}): {}", self.kind, self.log()));
                 }
             }
-            if self.kind == Kind::Pm2 && self.daemon.is_none() {
-                self.daemon =
-                    std::fs::read_to_string(self.dir.join("pm2/pm2.pid")).ok().and_then(|p| p.trim().parse().ok());
-            }
+            self.find_daemon();
             if self.workers(&Table::read()).len() == self.kind.workers() {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
         Err(format!("{:?}: workers not up after {timeout:?}: {}", self.kind, self.log()))
+    }
+
+    /// The pm2 daemon's pid, once `pm2 start` has written it.
+    fn find_daemon(&mut self) {
+        if self.kind == Kind::Pm2 && self.daemon.is_none() {
+            self.daemon =
+                std::fs::read_to_string(self.dir.join("pm2/pm2.pid")).ok().and_then(|p| p.trim().parse().ok());
+        }
     }
 
     /// The Node workers' pids.
@@ -172,6 +178,8 @@ impl Target {
     /// Stops everything it started, by pid: SIGTERM to the root, then
     /// SIGKILL to whatever of its tree is left after 5 s.
     pub fn stop(mut self) {
+        // A start that failed early may not have looked for it yet.
+        self.find_daemon();
         let table = Table::read();
         let mut pids = vec![self.root()];
         let mut i = 0;
