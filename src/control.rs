@@ -146,6 +146,10 @@ pub struct Status {
     pub waiting: usize,
     /// Connections handed to an agent and not yet confirmed by Node.
     pub in_flight: usize,
+    /// Connections the master answered itself (400, 408, 431, 503), read
+    /// out for a moment before closing.
+    #[serde(default)]
+    pub lingering: usize,
     /// Heap bytes the master has in use (counted by its allocator).
     #[serde(default)]
     pub heap_bytes: Option<u64>,

@@ -96,6 +96,11 @@ pub fn render(status: &Status) -> String {
         ("sio_waiting_connections", "Connections waiting for a ready worker.", status.waiting),
         ("sio_reading_heads", "Connections whose request head is being read.", status.reading_heads),
         ("sio_unconfirmed_handoffs", "Connections handed to a worker and not yet confirmed.", status.in_flight),
+        (
+            "sio_lingering_connections",
+            "Connections the master answered itself, read out before closing.",
+            status.lingering,
+        ),
     ];
     for (name, help, value) in gauges {
         p.one(name, "gauge", help, value as f64);
@@ -188,6 +193,7 @@ mod tests {
             reading_heads: 0,
             waiting: 0,
             in_flight: 0,
+            lingering: 0,
             heap_bytes: None,
             failed: Vec::new(),
             counters: Counters { handed_off: 42, answered_503: 1, ..Counters::default() },

@@ -158,6 +158,7 @@ mod tests {
                 reading_heads: 0,
                 waiting: 0,
                 in_flight: 0,
+                lingering: 0,
                 heap_bytes: None,
                 failed: Vec::new(),
                 counters: Counters { handed_off, answered_503: handed_off / 10, ..Counters::default() },

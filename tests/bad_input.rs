@@ -259,7 +259,7 @@ fn the_masters_memory_stays_bounded() {
         let mut held = (0, 0);
         wait_for("nothing in progress", Duration::from_secs(10), || {
             let s = app.status();
-            let quiet = s["reading_heads"] == 0 && s["waiting"] == 0 && s["in_flight"] == 0;
+            let quiet = s["reading_heads"] == 0 && s["waiting"] == 0 && s["in_flight"] == 0 && s["lingering"] == 0;
             held = (s["heap_bytes"].as_u64().expect("the master counts its heap"), open_fds(app.pid()));
             quiet
         });
@@ -286,6 +286,27 @@ fn the_masters_memory_stays_bounded() {
         after.0
     );
     assert!(after.1 <= warm_fds + 2, "fds grew from {warm_fds} to {}", after.1);
+}
+
+#[test]
+fn connections_the_master_answers_cost_it_little_heap_while_they_linger() {
+    // Answered clients are read out for a moment before closing; main gave
+    // each lingering one a 4 KiB buffer of its own (4.9 MB for these 1,000),
+    // and a client holding the connection open keeps it for the whole linger.
+    let app = App::start_with(1, json!({"timeouts": {"head_ms": 500}}));
+    let before = app.status()["heap_bytes"].as_u64().expect("the master counts its heap");
+    let idle: Vec<TcpStream> = (0..1000).map(|_| stalled_client(app.port)).collect();
+    let mut lingering = (0, 0);
+    wait_for("1000 answered with 408 and lingering", Duration::from_secs(20), || {
+        let s = app.status();
+        lingering = (s["lingering"].as_u64().unwrap(), s["heap_bytes"].as_u64().unwrap());
+        s["counters"]["answered_408"] == 1000 && lingering.0 == 1000
+    });
+    let per_connection = lingering.1.saturating_sub(before) / 1000;
+    println!("master heap {before} bytes -> {} with 1000 lingering: {per_connection} bytes each", lingering.1);
+    assert!(per_connection < 2048, "{per_connection} bytes of heap per lingering connection");
+    drop(idle);
+    wait_for("none lingering", Duration::from_secs(10), || app.status()["lingering"] == 0);
 }
 
 #[test]

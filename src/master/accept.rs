@@ -218,13 +218,18 @@ impl Master {
         let master = self.clone();
         tokio::task::spawn_local(async move {
             if let Ok(conn) = watch(conn, Interest::READABLE) {
-                let mut sink = [0u8; 4096];
                 let _ = tokio::time::timeout(LINGER, async {
                     loop {
                         let Ok(mut g) = conn.readable().await else {
                             return;
                         };
-                        match recv(conn.get_ref().as_raw_fd(), &mut sink, MsgFlags::MSG_DONTWAIT) {
+                        // Into the shared scratch buffer, borrowed for the
+                        // call only: a buffer of its own would cost every
+                        // lingering connection 4 KiB of heap for its task,
+                        // and a hostile client can hold thousands of them.
+                        let read =
+                            recv(conn.get_ref().as_raw_fd(), &mut master.scratch.borrow_mut(), MsgFlags::MSG_DONTWAIT);
+                        match read {
                             Ok(0) => return,
                             Ok(_) => {}
                             Err(Errno::EAGAIN) => g.clear_ready(),

@@ -619,6 +619,7 @@ impl Master {
             reading_heads: st.reading_heads,
             waiting: st.waiting_count(),
             in_flight: st.in_flight,
+            lingering: st.lingering,
             heap_bytes: crate::heap::in_use(),
             failed: st.failed_workers.iter().copied().collect(),
             counters: st.counters.clone(),
