@@ -1,7 +1,8 @@
 //! Accepting client connections and peeking at their request heads.
 //!
 //! The fast path costs three system calls per connection: `accept4`, one
-//! `recv(MSG_PEEK)` (the head is usually there already), and the `sendmsg`
+//! `recv(MSG_PEEK)` (the head is there already: the listening sockets are
+//! `TCP_DEFER_ACCEPT`, see [`crate::listen`]), and the `sendmsg`
 //! that hands the fd over. Only a connection whose head is not complete
 //! yet is registered with the reactor and given a task with a deadline;
 //! while it waits it is out of the poll set except for new data

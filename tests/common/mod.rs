@@ -319,6 +319,15 @@ pub fn node(script: &str, args: &[&str]) -> Value {
     serde_json::from_str(line).unwrap()
 }
 
+/// Polls `ok` every 50 ms until it holds; fails the test after `timeout`.
+pub fn wait_for(what: &str, timeout: Duration, mut ok: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !ok() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// A Node scenario from `tests/node` driven line by line: it prints one
 /// line once set up (returned by `start`), takes commands on stdin, and
 /// ends with a `RESULT <json>` line.
