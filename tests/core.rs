@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::time::Duration;
 
 #[test]
 fn websocket_only_polling_upgrade_polling_only_and_a_300k_post() {
@@ -16,6 +17,22 @@ fn websocket_only_polling_upgrade_polling_only_and_a_300k_post() {
     assert_eq!(r["stillPolling"], true, "{r}");
     assert_eq!(r["echoByOwner"], true, "every packet reached the session's own worker: {r}");
     assert_eq!(r["bigOk"], true, "{r}");
+}
+
+#[test]
+fn a_workers_own_sessions_are_counted_as_they_open_and_close() {
+    // The preload sends sticky's announcements of the worker's own sids in
+    // batches (`sio:sessions`); the master's counts must follow them.
+    let app = App::start(2);
+    let holder = Holder::start(app.port, 40, "websocket");
+    let by_worker = holder.by_worker.clone();
+    wait_for("40 sessions counted", Duration::from_secs(10), || app.status()["sessions"] == 40);
+    for w in app.status()["workers"].as_array().unwrap() {
+        let held = by_worker[format!("w{}", w["slot"])].as_u64().unwrap_or(0);
+        assert_eq!(w["sessions"].as_u64(), Some(held), "worker {}: {by_worker}", w["slot"]);
+    }
+    holder.report();
+    wait_for("no session counted once the clients are gone", Duration::from_secs(10), || app.status()["sessions"] == 0);
 }
 
 #[test]

@@ -340,13 +340,11 @@ impl Agent {
             FromChild::OtherInternal(cmd) => {
                 debug!(app = %self.cfg.app, worker = self.slot, cmd, "internal message ignored")
             }
-            FromChild::SessionOpened(sid) => {
-                self.held.borrow_mut().sessions.insert(sid.clone());
-                self.to_master(ToMaster::SessionOpened(sid));
-            }
-            FromChild::SessionClosed(sid) => {
-                self.held.borrow_mut().sessions.remove(&sid);
-                self.to_master(ToMaster::SessionClosed(sid));
+            FromChild::SessionOpened(sid) => self.session_opened(sid),
+            FromChild::SessionClosed(sid) => self.session_closed(sid),
+            FromChild::Sessions { opened, closed } => {
+                opened.into_iter().for_each(|sid| self.session_opened(sid));
+                closed.into_iter().for_each(|sid| self.session_closed(sid));
             }
             FromChild::Ready => {
                 info!(app = %self.cfg.app, worker = self.slot, "worker ready");
@@ -370,6 +368,16 @@ impl Agent {
                 debug!(app = %self.cfg.app, worker = self.slot, "app message ignored")
             }
         }
+    }
+
+    fn session_opened(&self, sid: String) {
+        self.held.borrow_mut().sessions.insert(sid.clone());
+        self.to_master(ToMaster::SessionOpened(sid));
+    }
+
+    fn session_closed(&self, sid: String) {
+        self.held.borrow_mut().sessions.remove(&sid);
+        self.to_master(ToMaster::SessionClosed(sid));
     }
 
     /// Connects to the master, and again whenever it goes away. Returns

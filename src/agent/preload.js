@@ -12,6 +12,14 @@
 // 3. Readiness: once the app has attached a `message` listener (sticky's
 //    setupWorker and the cluster adapter both do) and its main module has
 //    run, tell the agent `{type: "sio:ready"}`.
+// 4. sticky announces every session twice over IPC (`sticky:connection`,
+//    `sticky:disconnection`): two serialized messages, two writes and two
+//    wake-ups of the agent per session. For this worker's own sids the
+//    master needs them only for counting (the slot is in the sid), so they
+//    travel together every SESSION_BATCH_MS as
+//    `{type: "sio:sessions", opened: "sid sid…", closed: "sid…"}`. Foreign
+//    sids (an app's own generateId) are routed by their announcement and
+//    still go at once.
 "use strict";
 
 const Module = require("module");
@@ -68,6 +76,45 @@ http.Server.prototype.emit = function (event, req, res) {
   if (event === "request" && res && !res.headersSent) res.setHeader("Connection", "close");
   return emit.apply(this, arguments);
 };
+
+const SESSION_BATCH_MS = 20;
+
+function isOwnSid(sid) {
+  return (
+    typeof sid === "string" &&
+    sid.length === 20 &&
+    ALPHABET.indexOf(sid[0]) * 64 + ALPHABET.indexOf(sid[1]) === slot &&
+    check(sid.slice(0, 18)) === ALPHABET.indexOf(sid[18]) * 64 + ALPHABET.indexOf(sid[19])
+  );
+}
+
+if (typeof process.send === "function" && Number.isInteger(slot)) {
+  const send = process.send;
+  let opened = [];
+  let closed = [];
+  let timer = null;
+  const flush = () => {
+    timer = null;
+    const batch = { type: "sio:sessions", opened: opened.join(" "), closed: closed.join(" ") };
+    opened = [];
+    closed = [];
+    if (process.connected) send.call(process, batch, () => {});
+  };
+  process.send = function (message, ...rest) {
+    const kind = message && message.type;
+    if ((kind === "sticky:connection" || kind === "sticky:disconnection") && isOwnSid(message.data)) {
+      (kind === "sticky:connection" ? opened : closed).push(message.data);
+      if (timer === null) {
+        timer = setTimeout(flush, SESSION_BATCH_MS);
+        timer.unref();
+      }
+      const callback = rest.find((arg) => typeof arg === "function");
+      if (callback) process.nextTick(callback, null);
+      return true;
+    }
+    return send.apply(this, arguments);
+  };
+}
 
 let readySent = false;
 process.on("newListener", (event) => {

@@ -23,6 +23,9 @@ pub const ADAPTER_CLOSE: u32 = 13;
 /// The message type the preload script sends once the app has attached
 /// its message listeners (see `src/agent/preload.js`).
 pub const READY_TYPE: &str = "sio:ready";
+/// The message type in which the preload batches this worker's own
+/// sessions, opened and closed (sids separated by spaces; see `preload.js`).
+pub const SESSIONS_TYPE: &str = "sio:sessions";
 
 /// Routing header of a cluster-adapter frame; the frame itself is relayed
 /// byte for byte.
@@ -69,6 +72,12 @@ pub enum FromChild {
     SessionOpened(String),
     /// sticky's `{type:"sticky:disconnection", data:sid}`.
     SessionClosed(String),
+    /// The preload's batch of this worker's own sessions, in the order
+    /// to apply them: every opened one, then every closed one.
+    Sessions {
+        opened: Vec<String>,
+        closed: Vec<String>,
+    },
     /// The preload's readiness signal.
     Ready,
     Adapter(AdapterHeader),
@@ -107,6 +116,13 @@ pub fn classify(payload: &[u8]) -> Result<FromChild, v8::DecodeError> {
         Some(sid) if is_type("sticky:connection") => FromChild::SessionOpened(sid),
         Some(sid) if is_type("sticky:disconnection") => FromChild::SessionClosed(sid),
         _ if is_type(READY_TYPE) => FromChild::Ready,
+        _ if is_type(SESSIONS_TYPE) => {
+            let sids = |key| {
+                string_field(&msg, key)
+                    .map_or_else(Vec::new, |s| s.split_ascii_whitespace().map(str::to_owned).collect())
+            };
+            FromChild::Sessions { opened: sids("opened"), closed: sids("closed") }
+        }
         _ => FromChild::App,
     })
 }
@@ -229,6 +245,15 @@ mod tests {
     fn sticky_messages_and_internal_ones() {
         let p = payload(Value::object([("type", Value::str("sticky:connection")), ("data", Value::str("SID"))]));
         assert_eq!(classify(&p).unwrap(), FromChild::SessionOpened("SID".into()));
+        let p = payload(Value::object([
+            ("type", Value::str(SESSIONS_TYPE)),
+            ("opened", Value::str("a1 b2")),
+            ("closed", Value::str("")),
+        ]));
+        let sids = |l: &[&str]| l.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        assert_eq!(classify(&p).unwrap(), FromChild::Sessions { opened: sids(&["a1", "b2"]), closed: vec![] });
+        let p = payload(Value::object([("type", Value::str(SESSIONS_TYPE)), ("closed", Value::str("c3"))]));
+        assert_eq!(classify(&p).unwrap(), FromChild::Sessions { opened: vec![], closed: sids(&["c3"]) });
         assert_eq!(classify(&handle_ack_frame()[4..]).unwrap(), FromChild::HandleAck);
         let p = payload(Value::object([("cmd", Value::str("NODE_HANDLE")), ("type", Value::str("net.Socket"))]));
         assert_eq!(classify(&p).unwrap(), FromChild::Handle);
