@@ -75,11 +75,15 @@ fn sio_up_stops_every_process_it_started() {
     let mut app = App::start(2);
     let pids = app.worker_pids();
     assert_eq!(pids.len(), 4, "two agents and two Node workers: {pids:?}");
+    let sockets = [format!("{}.bus", app.name), format!("{}.control", app.name)].map(|f| app.runtime_dir().join(f));
+    assert!(sockets.iter().all(|s| s.exists()), "{sockets:?}");
     let status = app.stop();
     assert!(status.success(), "{status}");
     std::thread::sleep(std::time::Duration::from_millis(200));
     let left: Vec<_> = pids.iter().filter(|&&p| alive(p)).collect();
     assert!(left.is_empty(), "still running after sio up stopped: {left:?}");
+    let left: Vec<_> = sockets.iter().filter(|s| s.exists()).collect();
+    assert!(left.is_empty(), "sockets left behind (sioctl ls would list a master that is gone): {left:?}");
 }
 
 #[test]

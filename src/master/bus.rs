@@ -65,6 +65,10 @@ pub(super) enum Door {
 pub(super) struct Doors {
     pub(super) endpoints: Endpoints,
     pub(super) listeners: Vec<(Door, UnixListener)>,
+    /// The socket files this master bound itself (`sio up`), removed when
+    /// it stops so that `sioctl ls` does not list a master that is gone.
+    /// systemd's outlive every master.
+    pub(super) bound_here: Vec<PathBuf>,
 }
 
 /// The app's bus and control sockets: those systemd passed (under
@@ -77,6 +81,7 @@ pub(super) fn open(
 ) -> io::Result<Doors> {
     let system = Endpoints::system(app);
     let mut listeners = Vec::new();
+    let mut bound_here = Vec::new();
     let mut endpoints = system.clone();
     for (path, l) in passed.drain(..) {
         let door = if path == system.bus {
@@ -106,12 +111,13 @@ pub(super) fn open(
         endpoints = Endpoints::in_dir(&crate::endpoints::private_dir()?, app);
         listeners.push((Door::Bus, bind_private(app, &endpoints.bus, 0o600)?));
         listeners.push((Door::Control, bind_private(app, &endpoints.control, 0o666)?));
+        bound_here = vec![endpoints.bus.clone(), endpoints.control.clone()];
     }
     // Agents of protocol 1 ran only as worker units.
     if systemd {
         listeners.extend(bind_legacy(app).map(|l| (Door::Legacy, l)));
     }
-    Ok(Doors { endpoints, listeners })
+    Ok(Doors { endpoints, listeners, bound_here })
 }
 
 /// Binds a socket in the private folder, replacing a stale one (nobody

@@ -310,6 +310,7 @@ impl Master {
     pub async fn run(self: Rc<Self>, listeners: Listeners, mut shutdown: Shutdown) {
         let doors = self.doors.borrow_mut().take().expect("a master runs once");
         info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %doors.endpoints.bus.display(), control = %doors.endpoints.control.display(), instances = self.desired.get(), "master started");
+        let bound_here = doors.bound_here;
         let doors: Vec<_> =
             doors.listeners.into_iter().map(|(d, l)| tokio::task::spawn_local(self.clone().bus_loop(d, l))).collect();
         let accepting: Vec<_> = listeners
@@ -343,6 +344,9 @@ impl Master {
         self.finish().await;
         for t in background.into_iter().chain(doors) {
             t.abort();
+        }
+        for path in bound_here {
+            let _ = std::fs::remove_file(path);
         }
         info!(app = %self.cfg.app, "master stopped");
     }
