@@ -39,21 +39,7 @@ fn a_workers_own_sessions_are_counted_as_they_open_and_close() {
 fn cluster_adapter_across_workers() {
     let app = App::start(2);
     let r = node("cluster.js", &[&app.port.to_string()]);
-    let n = r["clients"].as_u64().unwrap();
-    assert_eq!(r["workers"].as_array().unwrap().len(), 2, "{r}");
-    for (w, reached) in r["emitReachesAll"].as_object().unwrap() {
-        assert_eq!(reached.as_u64().unwrap(), n, "io.emit from {w} reaches every client: {r}");
-    }
-    assert_eq!(r["binaryKinds"], serde_json::json!({ "binary": n }), "binary stays binary: {r}");
-    for c in r["counts"].as_array().unwrap() {
-        assert_eq!(c["count"].as_u64(), Some(n), "fetchSockets sees all: {r}");
-        assert_eq!(c["servers"].as_u64(), Some(2), "{r}");
-    }
-    let sse = &r["sse"];
-    assert!(sse["err"].is_null(), "{r}");
-    assert_eq!(sse["replies"].as_array().unwrap().len(), 1, "one other worker answered: {r}");
-    assert_ne!(sse["replies"][0]["pong"], sse["worker"], "{r}");
-    assert_eq!(r["roomReached"].as_u64(), Some(n), "socketsJoin then to(room).emit: {r}");
+    assert_one_socket_io_cluster(&r, 8, 2);
 }
 
 #[test]

@@ -430,3 +430,29 @@ pub fn disconnects_of(report: &Value, worker: &str) -> u64 {
 pub fn all_connected(report: &Value) -> bool {
     report["clients"].as_array().unwrap().iter().all(|c| c["connected"] == true)
 }
+
+/// What `cluster.js` reports when every server (worker) of every host
+/// reaches every client: `clients` clients on `servers` servers.
+pub fn assert_one_socket_io_cluster(r: &Value, clients: u64, servers: u64) {
+    assert_eq!(r["clients"], clients, "{r}");
+    let names = r["workers"].as_array().unwrap();
+    assert_eq!(names.len() as u64, servers, "clients on every server: {r}");
+    for (server, reached) in r["emitReachesAll"].as_object().unwrap() {
+        assert_eq!(reached.as_u64(), Some(clients), "io.emit from {server} reaches every client: {r}");
+    }
+    assert_eq!(r["binaryKinds"], json!({ "binary": clients }), "a binary payload stays binary: {r}");
+    for (server, count) in r["counts"].as_object().unwrap() {
+        assert_eq!(count["count"].as_u64(), Some(clients), "fetchSockets on {server} sees every client: {r}");
+        assert_eq!(count["servers"].as_u64(), Some(servers), "{server} counts every server: {r}");
+    }
+    for (server, sse) in r["sse"].as_object().unwrap() {
+        let others: Vec<&Value> = names.iter().filter(|n| n.as_str() != Some(server)).collect();
+        assert_eq!(sse["err"], Value::Null, "serverSideEmit from {server}: {r}");
+        assert_eq!(
+            sse["repliedBy"].as_array().unwrap().iter().collect::<Vec<_>>(),
+            others,
+            "every other server acks {server}'s serverSideEmit: {r}"
+        );
+    }
+    assert_eq!(r["roomReached"].as_u64(), Some(clients), "socketsJoin on one server, a room emit from another: {r}");
+}

@@ -1,14 +1,22 @@
-// The cluster adapter across workers: io.emit, binary broadcast, fetchSockets,
-// serverSideEmit with ack, socketsJoin then a room emit.
+// One Socket.IO cluster across workers, and across hosts when given several
+// entry points: from every server (worker), io.emit reaches every client and
+// a binary payload stays binary; fetchSockets counts every client and
+// serverCount every server; serverSideEmit with ack is answered by every
+// other server; socketsJoin on one server then a room emit from another
+// reach everyone.
+//   cluster.js PORT [PORT...]   one entry point per host
 const { sleep, connect, emitAck, report, run } = require("./lib");
-const port = process.argv[2];
+const ports = process.argv.slice(2);
 
 run(async () => {
   const clients = [];
-  for (let i = 0; i < 8; i++) clients.push(await connect(port, `c${i}`, { transports: i % 2 ? ["websocket"] : ["polling", "websocket"] }));
+  const perPort = ports.length === 1 ? 8 : 4;
+  for (const [h, port] of ports.entries()) {
+    for (let i = 0; i < perPort; i++) clients.push(await connect(port, `h${h}c${i}`, { transports: i % 2 ? ["websocket"] : ["polling", "websocket"] }));
+  }
   const workers = [...new Set(clients.map((c) => c.worker))].sort();
   const first = (w) => clients.find((c) => c.worker === w);
-  await sleep(500);
+  await sleep(ports.length === 1 ? 500 : 1000);
 
   const emitReachesAll = {};
   for (const w of workers) {
@@ -30,12 +38,17 @@ run(async () => {
     binaryKinds[kind] = (binaryKinds[kind] || 0) + 1;
   }
 
-  const counts = await Promise.all(workers.map((w) => emitAck(first(w), "count")));
-  const sse = await emitAck(first(workers[0]), "sse");
+  const counts = {};
+  const sse = {};
+  for (const w of workers) {
+    counts[w] = await emitAck(first(w), "count");
+    const r = await emitAck(first(w), "sse");
+    sse[w] = { err: r.err, repliedBy: (r.replies || []).map((x) => x.pong).sort() };
+  }
 
   await emitAck(first(workers[0]), "join-all", "room1");
   clients.forEach((c) => (c.got = []));
-  first(workers[1]).socket.emit("to-room", "room1", "to the room");
+  first(workers[workers.length - 1]).socket.emit("to-room", "room1", "to the room");
   await sleep(500);
   const roomReached = clients.filter((c) => c.got.some(([k]) => k === "room")).length;
 

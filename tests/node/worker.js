@@ -16,10 +16,48 @@ const io = new Server(httpServer, { maxHttpBufferSize: 4e6 });
 // percent-encodes in the query string.
 if (process.env.CUSTOM_IDS === "base64") io.engine.generateId = () => "a+b/" + require("crypto").randomBytes(12).toString("base64");
 else if (process.env.CUSTOM_IDS) io.engine.generateId = () => require("crypto").randomUUID();
-io.adapter(createAdapter());
-setupWorker(io);
+// Under sio (a cluster parent) the worker takes connections from sticky's
+// setupWorker; without one (a plain Node host beside sio hosts) it listens on
+// PORT (0: a free one) and prints it.
+const underCluster = typeof process.send === "function";
+// ADAPTER=redis-streams | redis: the app's own Redis adapter
+// (@socket.io/redis-streams-adapter or @socket.io/redis-adapter) at
+// REDIS_URL instead of the cluster adapter: what an app across several
+// hosts runs today. Connections are taken once the adapter is in place.
+const adapter = process.env.ADAPTER || "cluster";
+if (adapter === "cluster") {
+  io.adapter(createAdapter());
+  setupWorker(io);
+} else {
+  redisAdapter(adapter).then(
+    (a) => {
+      io.adapter(a);
+      if (underCluster) setupWorker(io);
+      else httpServer.listen(Number(process.env.PORT || 0), "127.0.0.1", () => console.log(`listening ${httpServer.address().port}`));
+    },
+    (e) => {
+      console.error(`redis adapter: ${e.message}`);
+      process.exit(1);
+    }
+  );
+}
 
-const me = `w${require("cluster").worker.id}`;
+async function redisAdapter(kind) {
+  const { createClient } = require("redis");
+  const client = createClient({ url: process.env.REDIS_URL });
+  client.on("error", (e) => console.error(`redis: ${e.message}`));
+  await client.connect();
+  if (kind === "redis-streams") return require("@socket.io/redis-streams-adapter").createAdapter(client);
+  if (kind !== "redis") throw new Error(`unknown ADAPTER ${kind}`);
+  const subscriber = client.duplicate();
+  subscriber.on("error", (e) => console.error(`redis subscriber: ${e.message}`));
+  await subscriber.connect();
+  return require("@socket.io/redis-adapter").createAdapter(client, subscriber);
+}
+
+// Who answers: `w<cluster worker id>`, or `node` without a cluster parent,
+// after HOST_NAME/ when the test runs several hosts.
+const me = (process.env.HOST_NAME ? `${process.env.HOST_NAME}/` : "") + (underCluster ? `w${require("cluster").worker.id}` : "node");
 // Which worker answered, on every response (engine.io's own errors too).
 httpServer.prependListener("request", (req, res) => res.setHeader("X-Sio-Worker", me));
 
