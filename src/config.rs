@@ -240,6 +240,7 @@ pub const FIELDS: &[Field] = &[
     Field { name: "limits.cpu_weight", default: "none (100)", meaning: "under systemd, the worker unit's `CPUWeight=`, 1–10000; not enforced by `sio up`" },
     Field { name: "metrics", default: "none", meaning: "an address (`\"127.0.0.1:9464\"`) where the master serves Prometheus metrics at `/metrics`; under systemd `sio@APP.socket` holds it too" },
     Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
+    Field { name: "host_tag", default: "none", meaning: "one character (`A`–`Z`, `a`–`z`, `0`–`9`, `-`, `_`) this host puts third in every session id, so that a load balancer in front of several hosts can send each session's requests to the host that owns it" },
 ];
 
 /// An app as written in `APP.json`.
@@ -263,6 +264,19 @@ struct RawConfig {
     control_group: Option<String>,
     #[serde(default)]
     metrics: Option<SocketAddr>,
+    #[serde(default, deserialize_with = "host_tag")]
+    host_tag: Option<char>,
+}
+
+/// One character of the sid alphabet ([`crate::sid::HOST_TAG_AT`]).
+fn host_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<char>, D::Error> {
+    let bad = || serde::de::Error::custom("expected one character: A-Z, a-z, 0-9, - or _");
+    let text = String::deserialize(d).map_err(|_| bad())?;
+    let mut chars = text.chars();
+    match (chars.next(), chars.next()) {
+        (Some(c), None) if crate::sid::is_sid_char(c) => Ok(Some(c)),
+        _ => Err(bad()),
+    }
 }
 
 /// What the generator reads: `listen` and `metrics` alone, through the same
@@ -301,6 +315,9 @@ pub struct AppConfig {
     /// Where the master serves Prometheus metrics (`GET /metrics`), if
     /// anywhere: never the app's own port.
     pub metrics: Option<SocketAddr>,
+    /// The character this host puts in its sids for a load balancer in
+    /// front of several hosts to route by.
+    pub host_tag: Option<char>,
 }
 
 /// A config error: the file, the field (if one is to blame), and what is wrong.
@@ -504,6 +521,7 @@ impl AppConfig {
             limits: raw.limits,
             control_group: raw.control_group,
             metrics: raw.metrics,
+            host_tag: raw.host_tag,
         })
     }
 
@@ -599,6 +617,16 @@ mod tests {
             (c.limits.memory_max, c.limits.memory_high, c.limits.cpu_weight),
             (Some(1 << 30), Some(768 << 20), Some(200))
         );
+    }
+
+    #[test]
+    fn a_host_tag_is_one_sid_character() {
+        assert_eq!(parse(r#"{"command": ["node"], "host_tag": "b"}"#).unwrap().host_tag, Some('b'));
+        assert_eq!(parse(r#"{"command": ["node"]}"#).unwrap().host_tag, None);
+        for bad in [r#""""#, r#""ab""#, r#""+""#, r#""é""#, "7"] {
+            let e = parse(&format!(r#"{{"command": ["node"], "host_tag": {bad}}}"#)).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("host_tag"), "{bad}: {e}");
+        }
     }
 
     #[test]

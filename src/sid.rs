@@ -19,6 +19,11 @@
 //!
 //! The check tells our sids from foreign ones (an app with its own
 //! `generateId`); those are routed through the learned table instead.
+//!
+//! A host with a `host_tag` puts it in place of the first random character
+//! ([`HOST_TAG_AT`], leaving 90 random bits): a load balancer in front of
+//! several hosts routes a session's requests by that one character, with
+//! no cookie and no shared table (README: "Several hosts").
 
 pub const SID_LEN: usize = 20;
 /// Slots are 12 bits.
@@ -27,6 +32,14 @@ pub const MAX_SLOT: u16 = 4095;
 const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 /// Mixed into the check: a new sid layout changes this tag.
 const VERSION_TAG: &[u8] = b"sio1:";
+
+/// Where a host's tag sits in its sids (0-based).
+pub const HOST_TAG_AT: usize = 2;
+
+/// Whether `c` is a character of the sid alphabet (base64url).
+pub fn is_sid_char(c: char) -> bool {
+    u8::try_from(c).is_ok_and(|b| sextet(b).is_some())
+}
 
 fn sextet(c: u8) -> Option<u16> {
     Some(match c {

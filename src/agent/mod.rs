@@ -193,6 +193,10 @@ fn spawn_worker(
         .env("NODE_APP_INSTANCE", (slot - 1).to_string())
         .env("SIO_APP", &cfg.app)
         .env("SIO_WORKER_SLOT", slot.to_string());
+    match cfg.host_tag {
+        Some(tag) => cmd.env("SIO_HOST_TAG", tag.to_string()),
+        None => cmd.env_remove("SIO_HOST_TAG"),
+    };
     let before = cfg.env.get("NODE_OPTIONS").cloned().or_else(|| std::env::var("NODE_OPTIONS").ok());
     let quoted = preload.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
     let options = format!("{} --require \"{quoted}\"", before.as_deref().unwrap_or("")).trim().to_owned();

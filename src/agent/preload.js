@@ -4,7 +4,9 @@
 // 1. Session ids carry the worker's slot (format: src/sid.rs). engine.io's
 //    generateId is replaced on the prototype, so an app that sets its own
 //    generateId on the instance keeps it (the master then routes its sids
-//    through the table learned from sticky's announcements).
+//    through the table learned from sticky's announcements). A host's tag
+//    (config `host_tag`) takes the place of the first random character, for
+//    a load balancer in front of several hosts.
 // 2. Every HTTP response says `Connection: close`. The master routes per
 //    connection; a keep-alive connection reused for another session's
 //    request would reach the wrong worker (socket.io-sticky#8, #17).
@@ -36,6 +38,7 @@ if (process.env.SIO_NODE_OPTIONS !== undefined) {
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const slot = Number(process.env.SIO_WORKER_SLOT);
+const hostTag = /^[A-Za-z0-9_-]$/.test(process.env.SIO_HOST_TAG || "") ? process.env.SIO_HOST_TAG : "";
 
 function check(prefix) {
   let h = 0x811c9dc5;
@@ -47,8 +50,8 @@ function check(prefix) {
 }
 
 function sioGenerateId() {
-  let sid = ALPHABET[slot >> 6] + ALPHABET[slot & 63];
-  for (const b of crypto.randomBytes(16)) sid += ALPHABET[b & 63];
+  let sid = ALPHABET[slot >> 6] + ALPHABET[slot & 63] + hostTag;
+  for (const b of crypto.randomBytes(16 - hostTag.length)) sid += ALPHABET[b & 63];
   const c = check(sid);
   return sid + ALPHABET[c >> 6] + ALPHABET[c & 63];
 }
