@@ -241,7 +241,25 @@ pub const FIELDS: &[Field] = &[
     Field { name: "metrics", default: "none", meaning: "an address (`\"127.0.0.1:9464\"`) where the master serves Prometheus metrics at `/metrics`; under systemd `sio@APP.socket` holds it too" },
     Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
     Field { name: "host_tag", default: "none", meaning: "one character (`A`–`Z`, `a`–`z`, `0`–`9`, `-`, `_`) this host puts third in every session id, so that a load balancer in front of several hosts can send each session's requests to the host that owns it" },
+    Field { name: "redis.url", default: "none", meaning: "a Redis server (`\"redis://10.0.0.5:6379\"`, `\"redis+unix:///run/redis.sock\"`) through which the master bridges this host's cluster adapter to the other hosts', in the format of `@socket.io/redis-streams-adapter` 0.3 (see Several hosts)" },
+    Field { name: "redis.channel_prefix", default: "`\"socket.io\"`", meaning: "the adapter's `channelPrefix`: the same on every host" },
+    Field { name: "redis.stream_name", default: "`\"socket.io\"`", meaning: "the adapter's `streamName`: the same on every host" },
 ];
+
+/// The host bridge to Redis (`"redis"` in `APP.json`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisConfig {
+    pub url: String,
+    #[serde(default = "default_redis_name")]
+    pub channel_prefix: String,
+    #[serde(default = "default_redis_name")]
+    pub stream_name: String,
+}
+
+fn default_redis_name() -> String {
+    "socket.io".into()
+}
 
 /// An app as written in `APP.json`.
 #[derive(Debug, Clone, Deserialize)]
@@ -266,6 +284,8 @@ struct RawConfig {
     metrics: Option<SocketAddr>,
     #[serde(default, deserialize_with = "host_tag")]
     host_tag: Option<char>,
+    #[serde(default)]
+    redis: Option<RedisConfig>,
 }
 
 /// One character of the sid alphabet ([`crate::sid::HOST_TAG_AT`]).
@@ -318,6 +338,8 @@ pub struct AppConfig {
     /// The character this host puts in its sids for a load balancer in
     /// front of several hosts to route by.
     pub host_tag: Option<char>,
+    /// The Redis server the master bridges this host's adapter to.
+    pub redis: Option<RedisConfig>,
 }
 
 /// A config error: the file, the field (if one is to blame), and what is wrong.
@@ -509,6 +531,14 @@ impl AppConfig {
         if l.cpu_weight.is_some_and(|w| !(1..=10_000).contains(&w)) {
             return Err(err("limits.cpu_weight".into(), "must be from 1 to 10000"));
         }
+        if let Some(r) = &raw.redis {
+            if let Err(e) = crate::bridge::redis::check_url(&r.url) {
+                return Err(err("redis.url".into(), &format!("not a Redis URL this build can use: {e}")));
+            }
+            if r.channel_prefix.is_empty() || r.stream_name.is_empty() {
+                return Err(err("redis".into(), "channel_prefix and stream_name must not be empty"));
+            }
+        }
         Ok(AppConfig {
             app,
             path: path.to_owned(),
@@ -522,6 +552,7 @@ impl AppConfig {
             control_group: raw.control_group,
             metrics: raw.metrics,
             host_tag: raw.host_tag,
+            redis: raw.redis,
         })
     }
 

@@ -28,6 +28,7 @@
 
 pub mod agent;
 pub mod balance;
+pub mod bridge;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -51,6 +51,14 @@ impl Redis {
         wait_for("redis-server to answer PING", Duration::from_secs(10), || self.ping());
     }
 
+    /// Kills the server (the test's outage).
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -61,10 +69,7 @@ impl Redis {
 
 impl Drop for Redis {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
+        self.stop();
     }
 }
 
@@ -177,6 +182,94 @@ fn two_sio_hosts_and_a_plain_node_host_on_the_apps_own_redis_streams_adapter() {
 fn two_sio_hosts_and_a_plain_node_host_on_the_apps_own_redis_adapter() {
     // Same with the pub/sub @socket.io/redis-adapter.
     apps_own_redis_adapter_across_hosts("redis");
+}
+
+/// A sio host whose unchanged cluster-adapter workers reach the other
+/// hosts through its master's bridge to Redis.
+fn bridged_host(name: &str, redis: &Redis) -> App {
+    App::start_with(2, json!({ "env": { "HOST_NAME": name }, "redis": { "url": redis.url() } }))
+}
+
+#[test]
+fn unchanged_cluster_adapter_workers_on_two_bridged_hosts_and_a_plain_redis_streams_host_form_one_cluster() {
+    let dir = scratch_dir(&app_name());
+    let redis = Redis::start(&dir);
+    let a = bridged_host("a", &redis);
+    let b = bridged_host("b", &redis);
+    let plain = NodeHost::start(&[("ADAPTER", "redis-streams"), ("REDIS_URL", &redis.url()), ("HOST_NAME", "c")]);
+    // The bridges probe for the other servers every 2 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let r = node("cluster.js", &[&a.port.to_string(), &b.port.to_string(), &plain.port.to_string()]);
+    let clients = 12;
+    assert_eq!(r["clients"], clients, "{r}");
+    let names: Vec<&str> = r["workers"].as_array().unwrap().iter().map(|w| w.as_str().unwrap()).collect();
+    assert_eq!(names, ["a/w1", "a/w2", "b/w1", "b/w2", "c/node"], "clients on every server: {r}");
+    let host = |w: &str| w.split('/').next().unwrap().to_owned();
+    for (server, reached) in r["emitReachesAll"].as_object().unwrap() {
+        assert_eq!(reached.as_u64(), Some(clients), "io.emit from {server} reaches every client: {r}");
+    }
+    assert_eq!(r["binaryKinds"], json!({ "binary": clients }), "a binary payload stays binary across Redis: {r}");
+    for (server, count) in r["counts"].as_object().unwrap() {
+        assert_eq!(count["count"].as_u64(), Some(clients), "fetchSockets on {server} sees every client: {r}");
+        // To Redis a host is one server; to a worker, its host's other
+        // workers and each other host are.
+        let servers = if server == "c/node" { 3 } else { 4 };
+        assert_eq!(count["servers"].as_u64(), Some(servers), "serverCount on {server}: {r}");
+    }
+    for (server, sse) in r["sse"].as_object().unwrap() {
+        assert_eq!(sse["err"], Value::Null, "serverSideEmit from {server} is answered by every server: {r}");
+        let replied: Vec<String> =
+            sse["repliedBy"].as_array().unwrap().iter().map(|x| x.as_str().unwrap().to_owned()).collect();
+        // Its own host's other worker by name, every other host once.
+        let mut by_host: Vec<String> = replied.iter().map(|w| host(w)).collect();
+        by_host.sort();
+        let mut expected: Vec<String> = ["a", "b", "c"].iter().map(|h| h.to_string()).collect();
+        if server == "c/node" {
+            expected.retain(|h| h != "c");
+        }
+        assert_eq!(by_host, expected, "one answer from every other server of {server}: {r}");
+        if server != "c/node" {
+            let sibling = names.iter().find(|w| host(w) == host(server) && *w != server).unwrap();
+            assert!(replied.iter().any(|w| w == sibling), "{sibling} answers {server}: {r}");
+        }
+    }
+    assert_eq!(r["roomReached"].as_u64(), Some(clients), "socketsJoin on one host, a room emit from another: {r}");
+}
+
+#[test]
+fn redis_down_for_10_s_local_chat_goes_on_and_chat_across_hosts_resumes_when_it_is_back() {
+    let dir = scratch_dir(&app_name());
+    let mut redis = Redis::start(&dir);
+    let a = bridged_host("a", &redis);
+    let b = bridged_host("b", &redis);
+    let (mut chat, ready) = Scenario::start("outage.js", &[&a.port.to_string(), &b.port.to_string()]);
+    assert_eq!(ready, "READY");
+    std::thread::sleep(Duration::from_secs(2));
+    redis.stop();
+    chat.say("down");
+    std::thread::sleep(Duration::from_secs(10));
+    redis.resume();
+    chat.say("up");
+    std::thread::sleep(Duration::from_secs(8));
+    chat.say("end");
+    let r = chat.result();
+    let ticks = r["ticks"].as_array().unwrap();
+    let phase = |p: &'static str| ticks.iter().filter(move |t| t["phase"] == p);
+    assert!(ticks.iter().all(|t| t["local"] == true), "local chat never stops: {r}");
+    assert!(phase("before").next_back().unwrap()["remote"] == true, "chat across hosts before: {r}");
+    assert!(phase("down").count() >= 30, "{r}");
+    let up: Vec<&Value> = phase("up").collect();
+    let resumed_at = up.iter().position(|t| t["remote"] == true).unwrap_or_else(|| panic!("never resumed: {r}"));
+    let after = (up[resumed_at]["at"].as_u64().unwrap() - up[0]["at"].as_u64().unwrap()) as f64 / 1000.0;
+    assert!(after < 5.0, "chat across hosts resumes within a few seconds of Redis ({after} s): {r}");
+    assert!(up[resumed_at..].iter().all(|t| t["remote"] == true), "and stays: {r}");
+    assert_eq!(r["disconnects"], json!({ "a1": 0, "a2": 0, "b": 0 }), "no client lost its connection: {r}");
+    for host in [&a, &b] {
+        let log = host.log();
+        assert!(alive(host.pid()), "the master survived: {log}");
+        assert!(log.contains("cannot read the Redis stream"), "the outage is in the log: {log}");
+        assert!(log.contains("reads the Redis stream again"), "and its end: {log}");
+    }
 }
 
 #[test]

@@ -419,6 +419,10 @@ impl Master {
         if header.kind != nodeipc::ADAPTER_CLOSE {
             st.router.adapter_seen(from, &header.uid, &header.nsp);
         }
+        // Answers to another host's request are the bridge's alone.
+        if self.bridge_frame(st, header, &frame) {
+            return Vec::new();
+        }
         let origin = st.peers.get(&from).map_or(0, |p| p.pid);
         let targets: Vec<&Peer> =
             st.router.relay_targets(from, header).iter().filter_map(|t| st.peers.get(t)).collect();

@@ -12,6 +12,7 @@
 //! master itself (400, 408, 431, 503; always `Connection: close`).
 
 mod accept;
+mod bridging;
 mod bus;
 mod fleet;
 mod scrape;
@@ -263,6 +264,8 @@ pub struct Master {
     /// [`ADOPTION_WAIT`]); `adopted` is woken when they stop waiting.
     adopting: Cell<bool>,
     adopted: Notify,
+    /// The bridge to Redis, if the app names one (set once running).
+    bridge: std::cell::OnceCell<bridging::HostBridge>,
 }
 
 impl Master {
@@ -301,6 +304,7 @@ impl Master {
             holding: Cell::new(false),
             adopting,
             adopted: Notify::new(),
+            bridge: std::cell::OnceCell::new(),
         }))
     }
 
@@ -334,6 +338,7 @@ impl Master {
             }),
             tokio::task::spawn_local(self.clone().bring_up()),
         ];
+        let bridging = self.start_bridge();
         shutdown.recv().await;
         self.stopping.set(true);
         crate::systemd::notify::stopping();
@@ -341,8 +346,9 @@ impl Master {
         for t in accepting {
             let _ = t.await;
         }
+        self.stop_bridge().await;
         self.finish().await;
-        for t in background.into_iter().chain(doors) {
+        for t in background.into_iter().chain(bridging).chain(doors) {
             t.abort();
         }
         for path in bound_here {

@@ -270,6 +270,18 @@ impl Router {
         self.workers.iter().filter(|(&s, w)| s != from && w.state != WorkerState::Starting).map(|(&s, _)| s).collect()
     }
 
+    /// The worker that runs the adapter `uid`.
+    pub fn adapter_owner(&self, uid: &str) -> Option<u16> {
+        self.uid_owner.get(uid).copied()
+    }
+
+    /// How many workers a frame to every worker reaches that run an
+    /// adapter for `nsp` (those answer a request).
+    pub fn adapters_on(&self, nsp: &str) -> usize {
+        let serving = |w: &&Worker| w.state != WorkerState::Starting && w.adapters.iter().any(|(_, n)| n == nsp);
+        self.workers.values().filter(serving).count()
+    }
+
     pub fn workers(&self) -> Vec<WorkerView> {
         self.workers.iter().map(|(&slot, w)| WorkerView { slot, state: w.state, sessions: w.load.sessions() }).collect()
     }

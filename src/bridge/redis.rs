@@ -1,0 +1,224 @@
+//! The bridge's Redis I/O: two connections per host, whatever its number
+//! of workers (a Redis-adapter worker holds three of its own): one
+//! multiplexed RESP3 connection for publishing, appending and the pub/sub
+//! subscriptions (pushed on the same connection, restored after a
+//! reconnect), and one for the stream's blocking reads.
+//!
+//! Redis may go away: what is to be sent waits in a bounded queue and is
+//! dropped (counted, and logged once per outage) when it is full, reads
+//! retry every second, and the master's own relaying between workers never
+//! waits for any of it.
+
+use super::message::Message;
+use super::Names;
+use crate::logging::RateLimit;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{IntoConnectionInfo, ProtocolVersion, PushKind};
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{info, warn};
+
+/// Messages waiting for Redis at most (in each direction).
+pub const QUEUE: usize = 10_000;
+/// How long one stream read blocks on the server.
+const BLOCK: Duration = Duration::from_secs(5);
+/// Entries taken per stream read (the adapter's `readCount`).
+const READ_COUNT: usize = 100;
+/// Stream length kept, about (the adapter's `maxLen`).
+const MAX_LEN: usize = 10_000;
+/// Commands sent in one round trip at most.
+const BATCH: usize = 256;
+
+/// Something to do on Redis.
+#[derive(Debug)]
+pub enum Out {
+    Subscribe(Vec<String>),
+    Publish { channel: String, payload: Vec<u8> },
+    Append(Vec<(&'static str, String)>),
+}
+
+/// The sending side, used by the master.
+pub struct Outbox {
+    tx: mpsc::Sender<Out>,
+    dropped: Cell<u64>,
+    warning: RateLimit,
+}
+
+impl Outbox {
+    /// Queues `out`, or drops it if Redis has been away for too long.
+    pub fn send(&self, out: Out) {
+        if self.tx.try_send(out).is_err() {
+            self.dropped.set(self.dropped.get() + 1);
+            if self.warning.due() {
+                warn!(dropped = self.dropped.get(), "Redis is unreachable and {QUEUE} messages wait for it: dropping what other hosts should get (this host's workers still reach each other)");
+            }
+        }
+    }
+
+    /// Messages dropped because Redis was away, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped.get()
+    }
+}
+
+/// Whether `url` names a Redis server this build can reach (for the
+/// config's check).
+pub fn check_url(url: &str) -> Result<(), String> {
+    url.into_connection_info().map(drop).map_err(|e| e.to_string())
+}
+
+/// Connects in the background and returns the outbox and what arrives
+/// from Redis (decoded; what cannot be decoded is logged and skipped).
+pub fn spawn(url: &str, names: &Names) -> Result<(Rc<Outbox>, mpsc::Receiver<Message>), String> {
+    let info = url.into_connection_info().map_err(|e| e.to_string())?;
+    let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
+    let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
+    let (out_tx, out_rx) = mpsc::channel(QUEUE);
+    let (in_tx, in_rx) = mpsc::channel(QUEUE);
+    tokio::task::spawn_local(write_and_subscribe(client.clone(), names.stream.clone(), out_rx, in_tx.clone()));
+    tokio::task::spawn_local(read_stream(client, names.stream.clone(), in_tx));
+    Ok((Rc::new(Outbox { tx: out_tx, dropped: Cell::new(0), warning: RateLimit::default() }), in_rx))
+}
+
+/// Connects, retrying every second until Redis answers.
+async fn connect(client: &redis::Client, config: ConnectionManagerConfig, what: &str) -> ConnectionManager {
+    let mut warned = false;
+    loop {
+        match client.get_connection_manager_with_config(config.clone()).await {
+            Ok(c) => {
+                info!(redis = %client.get_connection_info().addr(), "bridge {what} connected to Redis");
+                return c;
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(redis = %client.get_connection_info().addr(), "bridge cannot reach Redis ({e}): retrying every second");
+                    warned = true;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn write_and_subscribe(
+    client: redis::Client,
+    stream: String,
+    mut rx: mpsc::Receiver<Out>,
+    inbound: mpsc::Sender<Message>,
+) {
+    let (push_tx, mut push_rx) = mpsc::unbounded_channel();
+    let config = ConnectionManagerConfig::new()
+        .set_push_sender(push_tx)
+        .set_automatic_resubscription()
+        .set_max_delay(Duration::from_secs(1));
+    let mut con = connect(&client, config, "publisher").await;
+    let bad = RateLimit::default();
+    // Pushed messages are read at once, so the unbounded channel stays
+    // short; what the master cannot take (`QUEUE` waiting) is dropped.
+    tokio::task::spawn_local(async move {
+        while let Some(push) = push_rx.recv().await {
+            if push.kind != PushKind::Message {
+                continue;
+            }
+            let Some(redis::Value::BulkString(payload)) = push.data.get(1) else { continue };
+            match Message::from_pubsub(&payload[..]) {
+                Ok(m) => {
+                    let _ = inbound.try_send(m);
+                }
+                Err(e) if bad.due() => warn!("bridge skipped a pub/sub message it cannot read: {e}"),
+                Err(_) => {}
+            }
+        }
+    });
+    let mut failing = false;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for out in batch.drain(..) {
+            match out {
+                Out::Subscribe(channels) => {
+                    if let Err(e) = con.subscribe(&channels).await {
+                        warn!("bridge cannot subscribe to {channels:?} ({e}): retried after Redis reconnects");
+                    }
+                }
+                Out::Publish { channel, payload } => {
+                    pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();
+                }
+                Out::Append(fields) => {
+                    let cmd = pipe.cmd("XADD").arg(&stream).arg("MAXLEN").arg("~").arg(MAX_LEN).arg("*");
+                    for (k, v) in fields {
+                        cmd.arg(k).arg(v);
+                    }
+                    cmd.ignore();
+                }
+            }
+        }
+        match pipe.exec_async(&mut con).await {
+            Ok(()) if failing => {
+                failing = false;
+                info!("bridge reaches Redis again");
+            }
+            Ok(()) => {}
+            Err(e) if !failing => {
+                failing = true;
+                warn!("bridge lost messages to Redis ({e}): other hosts miss them until it is back; this host's workers still reach each other");
+            }
+            Err(_) => {}
+        }
+    }
+}
+
+async fn read_stream(client: redis::Client, stream: String, inbound: mpsc::Sender<Message>) {
+    let config = ConnectionManagerConfig::new()
+        .set_response_timeout(Some(BLOCK + Duration::from_secs(2)))
+        .set_max_delay(Duration::from_secs(1));
+    let mut con = connect(&client, config, "stream reader").await;
+    let mut offset = "$".to_owned();
+    let (mut failing, bad) = (false, RateLimit::default());
+    loop {
+        let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREAD")
+            .arg("BLOCK")
+            .arg(BLOCK.as_millis() as u64)
+            .arg("COUNT")
+            .arg(READ_COUNT)
+            .arg("STREAMS")
+            .arg(&stream)
+            .arg(&offset)
+            .query_async(&mut con)
+            .await;
+        let reply = match read {
+            Ok(r) => {
+                if failing {
+                    failing = false;
+                    info!("bridge reads the Redis stream again");
+                }
+                r
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    warn!("bridge cannot read the Redis stream ({e}): retrying every second");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        for entry in reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids) {
+            let field = |name: &str| match entry.map.get(name) {
+                Some(redis::Value::BulkString(b)) => std::str::from_utf8(b).ok(),
+                Some(redis::Value::SimpleString(s)) => Some(s.as_str()),
+                _ => None,
+            };
+            match Message::from_stream_fields(field) {
+                Ok(m) => {
+                    let _ = inbound.try_send(m);
+                }
+                Err(e) if bad.due() => warn!("bridge skipped a stream entry it cannot read: {e}"),
+                Err(_) => {}
+            }
+            offset.clone_from(&entry.id);
+        }
+    }
+}

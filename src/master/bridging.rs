@@ -1,0 +1,144 @@
+//! The master's side of the host bridge ([`crate::bridge`]): it already
+//! sees every adapter frame of this host's workers (it relays them), so
+//! it hands each to the bridge as well, and delivers what comes from Redis
+//! the way it relays between workers. A separate process would add a hop
+//! for every frame and a peer to supervise; the bridge's Redis I/O runs in
+//! tasks of its own, so a slow or absent Redis never holds the relay.
+
+use super::{Master, State};
+use crate::bridge::redis::{Out, Outbox};
+use crate::bridge::{message::Message, Action, Bridge, Local, Names};
+use crate::logging::RateLimit;
+use crate::nodeipc::AdapterHeader;
+use crate::wire::ToAgent;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+pub(super) struct HostBridge {
+    state: RefCell<Bridge>,
+    outbox: Rc<Outbox>,
+    unreadable: RateLimit,
+}
+
+/// A random uid in the adapter's form (16 hex digits).
+fn random_uid() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    format!("{:016x}", std::collections::hash_map::RandomState::new().build_hasher().finish())
+}
+
+impl Master {
+    /// Starts the bridge if the app names a Redis server: its tasks.
+    pub(super) fn start_bridge(self: &Rc<Self>) -> Vec<JoinHandle<()>> {
+        let Some(cfg) = &self.cfg.redis else { return vec![] };
+        let names = Names { channel_prefix: cfg.channel_prefix.clone(), stream: cfg.stream_name.clone() };
+        let (outbox, mut inbound) = match crate::bridge::redis::spawn(&cfg.url, &names) {
+            Ok(io) => io,
+            Err(e) => {
+                warn!(app = %self.cfg.app, "no bridge to Redis: {e}");
+                return vec![];
+            }
+        };
+        let uid = random_uid();
+        info!(app = %self.cfg.app, redis = %cfg.url, uid, "bridging the cluster adapter to Redis");
+        let bridge =
+            HostBridge { state: RefCell::new(Bridge::new(uid, names)), outbox, unreadable: RateLimit::default() };
+        if self.bridge.set(bridge).is_err() {
+            return vec![];
+        }
+        let from_redis = tokio::task::spawn_local({
+            let master = self.clone();
+            async move {
+                while let Some(m) = inbound.recv().await {
+                    master.adoption_over().await;
+                    let mut st = master.st.borrow_mut();
+                    let bridge = master.bridge.get().expect("set above");
+                    let workers = st.router.adapters_on(&m.nsp);
+                    let actions = bridge.state.borrow_mut().from_redis(m, workers, Instant::now());
+                    master.apply(&mut st, actions);
+                }
+            }
+        });
+        let ticking = tokio::task::spawn_local({
+            let master = self.clone();
+            async move {
+                let mut every = tokio::time::interval(Duration::from_secs(1));
+                loop {
+                    every.tick().await;
+                    let bridge = master.bridge.get().expect("set above");
+                    let actions = bridge.state.borrow_mut().tick(Instant::now());
+                    master.apply(&mut master.st.borrow_mut(), actions);
+                }
+            }
+        });
+        vec![from_redis, ticking]
+    }
+
+    /// Tells the other hosts that this one leaves (a clean stop).
+    pub(super) async fn stop_bridge(&self) {
+        if let Some(bridge) = self.bridge.get() {
+            let actions = bridge.state.borrow().closing();
+            self.apply(&mut self.st.borrow_mut(), actions);
+            // The publisher sends what is queued within a round trip.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Hands a worker's adapter frame to the bridge. Returns whether it
+    /// was a response to a remote request (which only the bridge takes).
+    pub(super) fn bridge_frame(&self, st: &mut State, header: &AdapterHeader, frame: &[u8]) -> bool {
+        let Some(bridge) = self.bridge.get() else { return false };
+        let m = match Message::from_frame(frame) {
+            Ok(m) => m,
+            Err(e) => {
+                if bridge.unreadable.due() {
+                    warn!(app = %self.cfg.app, "bridge skipped an adapter frame it cannot read: {e}");
+                }
+                return false;
+            }
+        };
+        let remote_response = header.is_response()
+            && bridge.state.borrow().takes_response(header.requester_uid.as_deref().unwrap_or(""), m.request_id());
+        let actions = bridge.state.borrow_mut().from_worker(m, Instant::now());
+        self.apply(st, actions);
+        remote_response
+    }
+
+    fn apply(&self, st: &mut State, actions: Vec<Action>) {
+        let Some(bridge) = self.bridge.get() else { return };
+        for action in actions {
+            match action {
+                Action::Subscribe(channels) => bridge.outbox.send(Out::Subscribe(channels)),
+                Action::Publish { channel, payload } => bridge.outbox.send(Out::Publish { channel, payload }),
+                Action::Append(fields) => bridge.outbox.send(Out::Append(fields)),
+                Action::ToWorkers { to, message } => {
+                    let targets = match &to {
+                        Local::Adapter(uid) => st.router.adapter_owner(uid).into_iter().collect(),
+                        Local::All => {
+                            let header = AdapterHeader {
+                                kind: message.kind,
+                                uid: message.uid.clone(),
+                                nsp: message.nsp.clone(),
+                                requester_uid: None,
+                            };
+                            st.router.relay_targets(0, &header)
+                        }
+                    };
+                    let frame: crate::handoff::Bytes = ToAgent::Adapter(message.to_frame()).to_frame().into();
+                    for slot in targets {
+                        let Some(peer) = st.peers.get(&slot) else { continue };
+                        if peer.link.queued_bytes() + frame.len() > self.cfg.limits.bus_queue_bytes {
+                            st.counters.dropped_frames += 1;
+                            continue;
+                        }
+                        peer.link.send(frame.clone(), None);
+                        st.counters.relayed_frames += 1;
+                    }
+                    debug!(app = %self.cfg.app, kind = message.kind, uid = %message.uid, "from Redis to workers");
+                }
+            }
+        }
+    }
+}
