@@ -121,6 +121,10 @@ pub struct Counters {
     /// Adapter frames dropped because a worker's queue was full.
     pub dropped_frames: u64,
     pub refused_peers: u64,
+    /// Messages for the other hosts dropped because Redis was away and the
+    /// bridge's queue was full.
+    #[serde(default)]
+    pub bridge_dropped: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -82,6 +82,11 @@ pub fn render(status: &Status) -> String {
         ("sio_relayed_frames_total", "Cluster-adapter frames relayed between workers.", c.relayed_frames),
         ("sio_dropped_frames_total", "Cluster-adapter frames dropped: a worker's queue was full.", c.dropped_frames),
         ("sio_refused_peers_total", "Bus and control peers refused.", c.refused_peers),
+        (
+            "sio_bridge_dropped_messages_total",
+            "Messages for the other hosts the bridge dropped: Redis was away and its queue full.",
+            c.bridge_dropped,
+        ),
     ];
     for (name, help, value) in counters {
         p.one(name, "counter", help, value as f64);

@@ -190,12 +190,17 @@ fn bridged_host(name: &str, redis: &Redis) -> App {
     App::start_with(2, json!({ "env": { "HOST_NAME": name }, "redis": { "url": redis.url() } }))
 }
 
-#[test]
-fn unchanged_cluster_adapter_workers_on_two_bridged_hosts_and_a_plain_redis_streams_host_form_one_cluster() {
-    let dir = scratch_dir(&app_name());
-    let redis = Redis::start(&dir);
+/// A Redis and two bridged hosts on it, `a` and `b`.
+fn two_bridged_hosts() -> (Redis, App, App) {
+    let redis = Redis::start(&scratch_dir(&app_name()));
     let a = bridged_host("a", &redis);
     let b = bridged_host("b", &redis);
+    (redis, a, b)
+}
+
+#[test]
+fn unchanged_cluster_adapter_workers_on_two_bridged_hosts_and_a_plain_redis_streams_host_form_one_cluster() {
+    let (redis, a, b) = two_bridged_hosts();
     let plain = NodeHost::start(&[("ADAPTER", "redis-streams"), ("REDIS_URL", &redis.url()), ("HOST_NAME", "c")]);
     // The bridges probe for the other servers every 2 s.
     std::thread::sleep(Duration::from_secs(3));
@@ -238,16 +243,20 @@ fn unchanged_cluster_adapter_workers_on_two_bridged_hosts_and_a_plain_redis_stre
 
 #[test]
 fn redis_down_for_10_s_local_chat_goes_on_and_chat_across_hosts_resumes_when_it_is_back() {
-    let dir = scratch_dir(&app_name());
-    let mut redis = Redis::start(&dir);
-    let a = bridged_host("a", &redis);
-    let b = bridged_host("b", &redis);
+    let (mut redis, a, b) = two_bridged_hosts();
     let (mut chat, ready) = Scenario::start("outage.js", &[&a.port.to_string(), &b.port.to_string()]);
     assert_eq!(ready, "READY");
     std::thread::sleep(Duration::from_secs(2));
+    let rss_before = rss_kib(a.pid());
     redis.stop();
     chat.say("down");
-    std::thread::sleep(Duration::from_secs(10));
+    std::thread::sleep(Duration::from_secs(2));
+    // More than the bridge keeps for Redis (10,000): the rest is dropped,
+    // counted, and said, rather than held.
+    chat.say("flood 12000");
+    std::thread::sleep(Duration::from_secs(8));
+    let rss_away = rss_kib(a.pid());
+    let dropped = a.status()["counters"]["bridge_dropped"].as_u64().unwrap();
     redis.resume();
     chat.say("up");
     std::thread::sleep(Duration::from_secs(8));
@@ -264,12 +273,55 @@ fn redis_down_for_10_s_local_chat_goes_on_and_chat_across_hosts_resumes_when_it_
     assert!(after < 5.0, "chat across hosts resumes within a few seconds of Redis ({after} s): {r}");
     assert!(up[resumed_at..].iter().all(|t| t["remote"] == true), "and stays: {r}");
     assert_eq!(r["disconnects"], json!({ "a1": 0, "a2": 0, "b": 0 }), "no client lost its connection: {r}");
+    eprintln!("host A's master: {rss_before} KiB before the outage, {rss_away} KiB with the bridge's queue full");
+    assert!(dropped > 1000, "host A's bridge dropped what did not fit ({dropped}): {}", a.log());
+    assert!(a.log().contains("messages wait for it: dropping"), "and said so: {}", a.log());
     for host in [&a, &b] {
         let log = host.log();
         assert!(alive(host.pid()), "the master survived: {log}");
         assert!(log.contains("cannot read the Redis stream"), "the outage is in the log: {log}");
         assert!(log.contains("reads the Redis stream again"), "and its end: {log}");
     }
+}
+
+#[test]
+fn a_bridged_host_that_dies_is_dropped_by_the_other_hosts_workers_on_the_heartbeat_schedule() {
+    let (_redis, a, b) = two_bridged_hosts();
+    let (mut servers, ready) = Scenario::start("servers.js", &[&a.port.to_string()]);
+    assert_eq!(ready, "READY");
+    // The bridges probe for the other servers every 2 s.
+    std::thread::sleep(Duration::from_secs(4));
+    // Host B dies at once, master, agents and workers: nothing says goodbye.
+    let mut tree = vec![b.pid()];
+    let mut i = 0;
+    while i < tree.len() {
+        tree.extend(children_of(tree[i]));
+        i += 1;
+    }
+    for &pid in &tree {
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    }
+    servers.say("dead");
+    std::thread::sleep(Duration::from_secs(25));
+    servers.say("end");
+    let r = servers.result();
+    let ticks = r["ticks"].as_array().unwrap();
+    let before: Vec<&Value> = ticks.iter().filter(|t| t["phase"] == "before").collect();
+    assert_eq!(before.last().unwrap()["servers"], 3, "itself, its sibling and host B before: {r}");
+    let dead: Vec<&Value> = ticks.iter().filter(|t| t["phase"] == "dead").collect();
+    let at = |t: &Value| t["at"].as_u64().unwrap();
+    let dropped = dead.iter().position(|t| t["servers"] == 2).unwrap_or_else(|| panic!("host B never dropped: {r}"));
+    let after = (at(dead[dropped]) - at(dead[0])) as f64 / 1000.0;
+    eprintln!("host B dropped {after} s after it died");
+    // The bridge stops heartbeating B 6 s after its last sign of life and
+    // the cluster adapter drops a server 10 s after its last heartbeat,
+    // checking every 5 s: between about 5 and 21 s.
+    assert!(dead[..dropped].iter().all(|t| t["servers"] == 3), "kept until it is dropped: {r}");
+    assert!(after > 3.0, "not dropped at the first missed probe ({after} s): {r}");
+    assert!(after < 23.0, "dropped on the heartbeat schedule ({after} s): {r}");
+    assert!(dead[dropped..].iter().all(|t| t["servers"] == 2), "and stays dropped: {r}");
+    assert_eq!(r["disconnects"], 0, "host A's client is not disturbed: {r}");
+    assert!(alive(a.pid()), "host A's master lives on: {}", a.log());
 }
 
 #[test]

@@ -69,16 +69,30 @@ pub fn check_url(url: &str) -> Result<(), String> {
     url.into_connection_info().map(drop).map_err(|e| e.to_string())
 }
 
+/// The IP address of a TCP Redis named by address in `url` (for the
+/// master unit's `IPAddressAllow=`); none for a Unix socket, a host name or
+/// a URL that does not parse.
+pub fn tcp_ip(url: &str) -> Option<std::net::IpAddr> {
+    match url.into_connection_info().ok()?.addr() {
+        redis::ConnectionAddr::Tcp(host, _) | redis::ConnectionAddr::TcpTls { host, .. } => {
+            host.trim_start_matches('[').trim_end_matches(']').parse().ok()
+        }
+        _ => None,
+    }
+}
+
 /// Connects in the background and returns the outbox and what arrives
-/// from Redis (decoded; what cannot be decoded is logged and skipped).
-pub fn spawn(url: &str, names: &Names) -> Result<(Rc<Outbox>, mpsc::Receiver<Message>), String> {
+/// from Redis (decoded; what cannot be decoded is logged and skipped). The
+/// stream's entries written by `own_uid`, this host's echoes, are skipped
+/// before their payload is decoded.
+pub fn spawn(url: &str, names: &Names, own_uid: &str) -> Result<(Rc<Outbox>, mpsc::Receiver<Message>), String> {
     let info = url.into_connection_info().map_err(|e| e.to_string())?;
     let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
     tokio::task::spawn_local(write_and_subscribe(client.clone(), names.stream.clone(), out_rx, in_tx.clone()));
-    tokio::task::spawn_local(read_stream(client, names.stream.clone(), in_tx));
+    tokio::task::spawn_local(read_stream(client, names.stream.clone(), own_uid.to_owned(), in_tx));
     Ok((Rc::new(Outbox { tx: out_tx, dropped: Cell::new(0), warning: RateLimit::default() }), in_rx))
 }
 
@@ -170,7 +184,7 @@ async fn write_and_subscribe(
     }
 }
 
-async fn read_stream(client: redis::Client, stream: String, inbound: mpsc::Sender<Message>) {
+async fn read_stream(client: redis::Client, stream: String, own_uid: String, inbound: mpsc::Sender<Message>) {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(BLOCK + Duration::from_secs(2)))
         .set_max_delay(Duration::from_secs(1));
@@ -211,6 +225,10 @@ async fn read_stream(client: redis::Client, stream: String, inbound: mpsc::Sende
                 Some(redis::Value::SimpleString(s)) => Some(s.as_str()),
                 _ => None,
             };
+            offset.clone_from(&entry.id);
+            if field("uid") == Some(own_uid.as_str()) {
+                continue;
+            }
             match Message::from_stream_fields(field) {
                 Ok(m) => {
                     let _ = inbound.try_send(m);
@@ -218,7 +236,6 @@ async fn read_stream(client: redis::Client, stream: String, inbound: mpsc::Sende
                 Err(e) if bad.due() => warn!("bridge skipped a stream entry it cannot read: {e}"),
                 Err(_) => {}
             }
-            offset.clone_from(&entry.id);
         }
     }
 }

@@ -12,6 +12,7 @@ use crate::logging::RateLimit;
 use crate::nodeipc::AdapterHeader;
 use crate::wire::ToAgent;
 use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::task::JoinHandle;
@@ -22,6 +23,16 @@ pub(super) struct HostBridge {
     outbox: Rc<Outbox>,
     unreadable: RateLimit,
 }
+
+impl HostBridge {
+    /// Messages for the other hosts dropped while Redis was away.
+    pub(super) fn dropped(&self) -> u64 {
+        self.outbox.dropped()
+    }
+}
+
+/// Messages from Redis handled together (a stream read gives up to 100).
+const FROM_REDIS_BATCH: usize = 256;
 
 /// A random uid in the adapter's form (16 hex digits).
 fn random_uid() -> String {
@@ -34,14 +45,14 @@ impl Master {
     pub(super) fn start_bridge(self: &Rc<Self>) -> Vec<JoinHandle<()>> {
         let Some(cfg) = &self.cfg.redis else { return vec![] };
         let names = Names { channel_prefix: cfg.channel_prefix.clone(), stream: cfg.stream_name.clone() };
-        let (outbox, mut inbound) = match crate::bridge::redis::spawn(&cfg.url, &names) {
+        let uid = random_uid();
+        let (outbox, mut inbound) = match crate::bridge::redis::spawn(&cfg.url, &names, &uid) {
             Ok(io) => io,
             Err(e) => {
                 warn!(app = %self.cfg.app, "no bridge to Redis: {e}");
                 return vec![];
             }
         };
-        let uid = random_uid();
         info!(app = %self.cfg.app, redis = %cfg.url, uid, "bridging the cluster adapter to Redis");
         let bridge =
             HostBridge { state: RefCell::new(Bridge::new(uid, names)), outbox, unreadable: RateLimit::default() };
@@ -51,12 +62,18 @@ impl Master {
         let from_redis = tokio::task::spawn_local({
             let master = self.clone();
             async move {
-                while let Some(m) = inbound.recv().await {
+                // What one read from Redis gave is handled at once, so that
+                // each worker gets its frames in one write.
+                let mut batch = Vec::with_capacity(FROM_REDIS_BATCH);
+                while inbound.recv_many(&mut batch, FROM_REDIS_BATCH).await > 0 {
                     master.adoption_over().await;
                     let mut st = master.st.borrow_mut();
                     let bridge = master.bridge.get().expect("set above");
-                    let workers = st.router.adapters_on(&m.nsp);
-                    let actions = bridge.state.borrow_mut().from_redis(m, workers, Instant::now());
+                    let mut actions = Vec::new();
+                    for m in batch.drain(..) {
+                        let workers = st.router.adapters_on(&m.nsp);
+                        actions.extend(bridge.state.borrow_mut().from_redis(m, workers, Instant::now()));
+                    }
                     master.apply(&mut st, actions);
                 }
             }
@@ -106,8 +123,11 @@ impl Master {
         remote_response
     }
 
+    /// Carries out the bridge's actions. The frames for each worker are
+    /// written together at the end: one write per worker, not per message.
     fn apply(&self, st: &mut State, actions: Vec<Action>) {
         let Some(bridge) = self.bridge.get() else { return };
+        let mut to_workers: BTreeMap<u16, Vec<u8>> = BTreeMap::new();
         for action in actions {
             match action {
                 Action::Subscribe(channels) => bridge.outbox.send(Out::Subscribe(channels)),
@@ -126,18 +146,24 @@ impl Master {
                             st.router.relay_targets(0, &header)
                         }
                     };
-                    let frame: crate::handoff::Bytes = ToAgent::Adapter(message.to_frame()).to_frame().into();
+                    let frame = ToAgent::Adapter(message.to_frame()).to_frame();
                     for slot in targets {
                         let Some(peer) = st.peers.get(&slot) else { continue };
-                        if peer.link.queued_bytes() + frame.len() > self.cfg.limits.bus_queue_bytes {
+                        let pending = to_workers.entry(slot).or_default();
+                        if peer.link.queued_bytes() + pending.len() + frame.len() > self.cfg.limits.bus_queue_bytes {
                             st.counters.dropped_frames += 1;
                             continue;
                         }
-                        peer.link.send(frame.clone(), None);
+                        pending.extend_from_slice(&frame);
                         st.counters.relayed_frames += 1;
                     }
                     debug!(app = %self.cfg.app, kind = message.kind, uid = %message.uid, "from Redis to workers");
                 }
+            }
+        }
+        for (slot, frames) in to_workers {
+            if let Some(peer) = st.peers.get(&slot) {
+                peer.link.send(Rc::new(frames), None);
             }
         }
     }

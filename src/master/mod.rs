@@ -632,7 +632,7 @@ impl Master {
             lingering: st.lingering,
             heap_bytes: crate::heap::in_use(),
             failed: st.failed_workers.iter().copied().collect(),
-            counters: st.counters.clone(),
+            counters: Counters { bridge_dropped: self.bridge.get().map_or(0, |b| b.dropped()), ..st.counters.clone() },
         }
     }
 }

@@ -3,7 +3,7 @@
 // every 250 ms A's first client and B's client each emit, and the tick
 // records whether the emit reached A's other worker (local) and the other
 // host (remote). Prints "READY", then reads phase names on stdin (each
-// labels the ticks after it); "end" prints "RESULT <json>".
+// labels the ticks after it), or "flood N"; "end" prints "RESULT <json>".
 //   outage.js PORT_A PORT_B
 const readline = require("readline");
 const { sleep, connect, report, run } = require("./lib");
@@ -23,9 +23,20 @@ run(async () => {
   let phase = "before";
   let ended = false;
   readline.createInterface({ input: process.stdin }).on("line", (l) => {
-    if (l.trim() === "end") ended = true;
-    else phase = l.trim();
+    const [word, n] = l.trim().split(" ");
+    if (word === "end") ended = true;
+    // "flood N": N broadcasts from host A, more than the bridge holds while
+    // Redis is away, 100 every 25 ms, to a room no client is in (every
+    // worker and the bridge get them; the chat's clients are not drowned).
+    else if (word === "flood") flood(Number(n));
+    else phase = word;
   });
+  const flood = async (n) => {
+    for (let sent = 0; sent < n; sent += 100) {
+      for (let i = 0; i < 100; i++) w1.socket.emit("to-room", "nobody", "flood");
+      await sleep(25);
+    }
+  };
   const disconnects = { a1: 0, a2: 0, b: 0 };
   w1.socket.on("disconnect", () => disconnects.a1++);
   w2.socket.on("disconnect", () => disconnects.a2++);

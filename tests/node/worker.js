@@ -82,6 +82,8 @@ io.on("connection", (socket) => {
       ack({ worker: me, error: e.message, ms: Date.now() - t0 });
     }
   });
+  // The servers this worker's adapter counts (its own included).
+  socket.on("servers", async (ack) => ack(await io.of("/").adapter.serverCount()));
   socket.on("sse", (ack) => {
     io.serverSideEmit("ping", me, (err, replies) => ack({ worker: me, err: err && err.message, replies }));
   });
