@@ -299,15 +299,23 @@ fn host_tag<'de, D: Deserializer<'de>>(d: D) -> Result<Option<char>, D::Error> {
     }
 }
 
-/// What the generator reads: `listen` and `metrics` alone, through the same
-/// deserializers as [`RawConfig`] (same forms, same errors), every other
-/// field ignored.
+/// What the systemd generator reads: `listen`, `metrics` and `redis.url`
+/// alone, through the same deserializers as [`RawConfig`] (same forms, same
+/// errors), every other field ignored.
 #[derive(Deserialize)]
-struct ListenOnly {
+pub struct GeneratorView {
     #[serde(default = "default_listen", deserialize_with = "addresses")]
-    listen: Vec<SocketAddr>,
+    pub listen: Vec<SocketAddr>,
     #[serde(default)]
-    metrics: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
+    #[serde(default)]
+    pub redis: Option<RedisUrl>,
+}
+
+/// `redis.url` alone.
+#[derive(Deserialize)]
+pub struct RedisUrl {
+    pub url: String,
 }
 
 /// A validated app configuration.
@@ -401,13 +409,14 @@ fn deserialize<'de, T: Deserialize<'de>>(path: &Path, text: &'de str) -> Result<
 /// systemd generator needs, so that one broken field elsewhere or a `cwd`
 /// on a filesystem not mounted yet does not cost the app its socket.
 pub fn listen_addresses(path: &Path, text: &str) -> Result<Vec<SocketAddr>, ConfigError> {
-    socket_addresses(path, text).map(|(listen, _)| listen)
+    generator_view(path, text).map(|v| v.listen)
 }
 
-/// The same, with the `metrics` address: every socket `sio@APP.socket`
-/// holds for the app (the generator's drop-in).
-pub fn socket_addresses(path: &Path, text: &str) -> Result<(Vec<SocketAddr>, Option<SocketAddr>), ConfigError> {
-    deserialize::<ListenOnly>(path, text).map(|l| (l.listen, l.metrics))
+/// The same, with the `metrics` address (the other socket `sio@APP.socket`
+/// holds for the app) and the Redis the master must be let reach: what the
+/// generator's drop-ins say.
+pub fn generator_view(path: &Path, text: &str) -> Result<GeneratorView, ConfigError> {
+    deserialize::<GeneratorView>(path, text)
 }
 
 /// Why a folder that exists on the host may look missing here: the units'
