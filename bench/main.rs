@@ -10,6 +10,7 @@
 mod client;
 mod eio;
 mod floor;
+mod hosts;
 mod target;
 
 use clap::Parser;
@@ -22,7 +23,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use target::{Kind, Paths, Target};
+use target::{Across, Kind, Paths, Router, Target};
 
 #[derive(Parser)]
 #[command(about = "sio side by side with @socket.io/pm2, cluster + @socket.io/sticky, one Node, and the raw floor")]
@@ -30,8 +31,10 @@ struct Args {
     /// Interleaved rounds; figures are the rounds' medians.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
-    /// Targets, in the order they run in each round.
-    #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,floor")]
+    /// Targets, in the order they run in each round. The cross-host ones,
+    /// `bridge` and `app-redis`, are two sio hosts on a redis-server and run
+    /// only the `hosts` workload.
+    #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,floor,bridge,app-redis")]
     targets: Vec<String>,
     /// Seconds of each saturation window.
     #[arg(long, default_value_t = 10)]
@@ -52,8 +55,12 @@ struct Args {
     #[arg(long, default_value_t = 10_000)]
     resident_clients: usize,
     /// Workloads to run: sessions, polling, moderate, balance, fanout,
-    /// relay, memory, kill.
-    #[arg(long, value_delimiter = ',', default_value = "sessions,polling,moderate,balance,fanout,relay,memory,kill")]
+    /// relay, memory, kill, hosts (cross-host broadcast).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sessions,polling,moderate,balance,fanout,relay,memory,kill,hosts"
+    )]
     workloads: Vec<String>,
     /// Write every figure of every round here as JSON.
     #[arg(long)]
@@ -205,34 +212,43 @@ where
 }
 
 /// CPU time (ns) of the routers, by role, and of the workers, between two
-/// moments.
+/// moments; the processes are those at the start.
 struct CpuWindow {
+    routers: Vec<Router>,
+    workers: Vec<u32>,
     before: Vec<(String, u64)>,
-}
-
-fn cpu_by_role(target: &Target, table: &Table) -> Vec<(String, u64)> {
-    let cpu = |pid| table.process(pid).and_then(|u| u.cpu_ns).unwrap_or(0);
-    let mut roles: Vec<(String, u64)> = Vec::new();
-    for router in target.routers(table) {
-        let role = if router.role == "agent" { "agents".to_owned() } else { router.role.clone() };
-        match roles.iter_mut().find(|(r, _)| *r == role) {
-            Some((_, ns)) => *ns += cpu(router.pid),
-            None => roles.push((role, cpu(router.pid))),
-        }
-    }
-    let workers: u64 =
-        target.workers(table).into_iter().map(|pid| table.tree(pid).and_then(|u| u.cpu_ns).unwrap_or(0)).sum();
-    roles.push(("workers".to_owned(), workers));
-    roles
 }
 
 impl CpuWindow {
     fn start(target: &Target) -> CpuWindow {
-        CpuWindow { before: cpu_by_role(target, &Table::read()) }
+        let table = Table::read();
+        CpuWindow::of(target.routers(&table), target.workers(&table), &table)
     }
+
+    fn of(routers: Vec<Router>, workers: Vec<u32>, table: &Table) -> CpuWindow {
+        let mut window = CpuWindow { routers, workers, before: Vec::new() };
+        window.before = window.by_role(table);
+        window
+    }
+
+    fn by_role(&self, table: &Table) -> Vec<(String, u64)> {
+        let cpu = |pid| table.process(pid).and_then(|u| u.cpu_ns).unwrap_or(0);
+        let mut roles: Vec<(String, u64)> = Vec::new();
+        for router in &self.routers {
+            let role = if router.role == "agent" { "agents".to_owned() } else { router.role.clone() };
+            match roles.iter_mut().find(|(r, _)| *r == role) {
+                Some((_, ns)) => *ns += cpu(router.pid),
+                None => roles.push((role, cpu(router.pid))),
+            }
+        }
+        let workers: u64 = self.workers.iter().map(|&pid| table.tree(pid).and_then(|u| u.cpu_ns).unwrap_or(0)).sum();
+        roles.push(("workers".to_owned(), workers));
+        roles
+    }
+
     /// (role, µs per unit of work).
-    fn per(self, target: &Target, units: f64) -> Vec<(String, f64)> {
-        let after = cpu_by_role(target, &Table::read());
+    fn per(self, units: f64) -> Vec<(String, f64)> {
+        let after = self.by_role(&Table::read());
         after
             .into_iter()
             .map(|(role, ns)| {
@@ -256,6 +272,7 @@ fn record_cpu(report: &mut Report, workload: &'static str, unit: &'static str, t
             "agents" => AGENTS_CPU,
             "God" => "CPU: pm2 God",
             "primary" => "CPU: cluster primary",
+            "redis" => "CPU: redis-server",
             _ => "CPU: Node workers",
         };
         if role != "workers" {
@@ -372,23 +389,9 @@ async fn run_floor(args: &Args, report: &mut Report, floor: &floor::Floor) {
 }
 
 async fn run_target(args: &Args, report: &mut Report, target: &mut Target) -> Result<(), String> {
-    let name = target.kind.name();
     let addr = target.addr;
     let epoch = Instant::now();
-    target.wait_workers(Duration::from_secs(60))?;
-    // Ready: sessions answered by every worker.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok((clients, _)) = residents(addr, 8 * target.kind.workers(), 8, epoch, false).await {
-            if by_worker(&clients).await.map(|g| g.len()) == Ok(target.kind.workers()) {
-                break;
-            }
-        }
-        if Instant::now() > deadline {
-            return Err(format!("{name}: not every worker answers: {}", target.log()));
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ready(target, epoch).await?;
     record_memory(
         report,
         "RSS idle: router (master, God, primary)",
@@ -412,11 +415,28 @@ async fn run_target(args: &Args, report: &mut Report, target: &mut Target) -> Re
             "relay" => relay(args, report, target).await?,
             "memory" => memory(args, report, target).await?,
             "kill" if target.kind.workers() > 1 => worker_killed(args, report, target).await?,
-            "kill" => {}
+            "kill" | "hosts" => {}
             other => return Err(format!("unknown workload {other:?}")),
         }
     }
     Ok(())
+}
+
+/// Waits until the target's workers run and each answers sessions.
+async fn ready(target: &mut Target, epoch: Instant) -> Result<(), String> {
+    target.wait_workers(Duration::from_secs(60))?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok((clients, _)) = residents(target.addr, 8 * target.kind.workers(), 8, epoch, false).await {
+            if by_worker(&clients).await.map(|g| g.len()) == Ok(target.kind.workers()) {
+                return Ok(());
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{}: not every worker answers: {}", target.kind.name(), target.log()));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Sessions back to back, `concurrency` in flight, for the window: their
@@ -432,7 +452,7 @@ where
     let cpu = CpuWindow::start(target);
     let outcome = closed_loop(args.concurrency, Duration::from_secs(args.seconds), session).await;
     let n = outcome.latencies.len() as f64;
-    record_cpu(report, workload, "µs/session", name, &cpu.per(target, n));
+    record_cpu(report, workload, "µs/session", name, &cpu.per(n));
     report.record(workload, SESSION_RATE, "/s", name, n / outcome.elapsed.as_secs_f64());
     record_outcome(report, workload, name, outcome);
 }
@@ -507,13 +527,9 @@ async fn fanout(args: &Args, report: &mut Report, target: &Target) -> Result<(),
     }
     let delivered = (total(&clients) - base) as f64;
     let elapsed = t0.elapsed().as_secs_f64();
-    record_cpu(report, "broadcast fan-out", "µs/delivery", name, &cpu.per(target, delivered));
+    record_cpu(report, "broadcast fan-out", "µs/delivery", name, &cpu.per(delivered));
     fanout_times.sort();
-    let mut latencies: Vec<Duration> = clients
-        .iter()
-        .flat_map(|c| c.latencies_us.borrow().iter().map(|&us| Duration::from_micros(us)).collect::<Vec<_>>())
-        .collect();
-    latencies.sort();
+    let latencies = delivery_latencies(&clients);
     report.record("broadcast fan-out", "deliveries/s", "/s", name, delivered / elapsed);
     report.record(
         "broadcast fan-out",
@@ -533,7 +549,6 @@ async fn fanout(args: &Args, report: &mut Report, target: &Target) -> Result<(),
 
 async fn relay(args: &Args, report: &mut Report, target: &Target) -> Result<(), String> {
     let (name, addr) = (target.kind.name(), target.addr);
-    let window = Duration::from_secs(args.seconds);
     let epoch = Instant::now();
     eprintln!("  {name}: relay-bound broadcast");
     let (clients, _) = residents(addr, 8, 8, epoch, false).await?;
@@ -544,11 +559,51 @@ async fn relay(args: &Args, report: &mut Report, target: &Target) -> Result<(), 
     let local: Vec<usize> = groups[&sender_worker].clone();
     // One Node alone has no remote clients: its local deliveries are the anchor.
     let tracked = remote.first().copied().unwrap_or(local[local.len() - 1]);
-    let start_counts: Vec<u64> = clients.iter().map(|c| c.received.get()).collect();
     let cpu = CpuWindow::start(target);
+    let flow = in_flight(&clients, sender, tracked, Duration::from_secs(args.seconds), epoch).await;
+    let per_remote = if remote.is_empty() { flow.rate(&local) } else { flow.rate(&remote) };
+    report.record("relay-bound broadcast", "msgs/s per remote client (node: per local client)", "/s", name, per_remote);
+    report.record("relay-bound broadcast", "msgs/s per local client", "/s", name, flow.rate(&local));
+    record_cpu(report, "relay-bound broadcast", "µs/message", name, &cpu.per(flow.sent as f64));
+    drop(clients);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    Ok(())
+}
+
+/// The `m` delivery latencies of these clients, sorted.
+fn delivery_latencies(clients: &[Resident]) -> Vec<Duration> {
+    let mut latencies: Vec<Duration> = clients
+        .iter()
+        .flat_map(|c| c.latencies_us.borrow().iter().map(|&us| Duration::from_micros(us)).collect::<Vec<_>>())
+        .collect();
+    latencies.sort();
+    latencies
+}
+
+/// What a window of broadcasts kept in flight gave.
+struct Flow {
+    sent: u64,
+    /// `m` broadcasts each client received in the window.
+    received: Vec<u64>,
+    elapsed: Duration,
+}
+
+impl Flow {
+    /// Messages per second per client of `group`.
+    fn rate(&self, group: &[usize]) -> f64 {
+        let total: u64 = group.iter().map(|&i| self.received[i]).sum();
+        total as f64 / self.elapsed.as_secs_f64() / group.len().max(1) as f64
+    }
+}
+
+/// `sender` broadcasts for the window, keeping 64 of its messages on their
+/// way to `tracked` (a client on another worker or host): the rate the
+/// relay path allows.
+async fn in_flight(clients: &[Resident], sender: usize, tracked: usize, window: Duration, epoch: Instant) -> Flow {
+    const WINDOW: u64 = 64;
+    let start_counts: Vec<u64> = clients.iter().map(|c| c.received.get()).collect();
     let t0 = Instant::now();
     let mut sent = 0u64;
-    const WINDOW: u64 = 64;
     while t0.elapsed() < window {
         if sent - (clients[tracked].received.get() - start_counts[tracked]) < WINDOW {
             clients[sender].emit("bcast", &[serde_json::json!(epoch.elapsed().as_micros() as u64)]);
@@ -563,15 +618,53 @@ async fn relay(args: &Args, report: &mut Report, target: &Target) -> Result<(), 
             _ = tokio::time::sleep(Duration::from_millis(5)) => {}
         }
     }
-    let elapsed = t0.elapsed().as_secs_f64();
-    let rate = |group: &[usize]| {
-        group.iter().map(|&i| (clients[i].received.get() - start_counts[i]) as f64 / elapsed).sum::<f64>()
-            / group.len().max(1) as f64
-    };
-    let per_remote = if remote.is_empty() { rate(&local) } else { rate(&remote) };
-    report.record("relay-bound broadcast", "msgs/s per remote client (node: per local client)", "/s", name, per_remote);
-    report.record("relay-bound broadcast", "msgs/s per local client", "/s", name, rate(&local));
-    record_cpu(report, "relay-bound broadcast", "µs/message", name, &cpu.per(target, sent as f64));
+    let elapsed = t0.elapsed();
+    let received = clients.iter().zip(&start_counts).map(|(c, start)| c.received.get() - start).collect();
+    Flow { sent, received, elapsed }
+}
+
+/// Broadcasts across hosts: 4 clients on each of two sio hosts, one sender
+/// on the first keeping 64 messages in flight to a client on the second.
+/// Rates per client on each host, delivery latency on the other host, and
+/// the CPU per message of everything on the path.
+async fn cross_host(args: &Args, report: &mut Report, hosts: &mut hosts::Hosts) -> Result<(), String> {
+    const WORKLOAD: &str = "cross-host broadcast";
+    let name = hosts.name;
+    let epoch = Instant::now();
+    for host in &mut hosts.hosts {
+        ready(host, epoch).await?;
+    }
+    let [first, second] = &hosts.hosts;
+    eprintln!("  {name}: {WORKLOAD}");
+    let (mut clients, _) = residents(first.addr, 4, 4, epoch, false).await?;
+    clients.extend(residents(second.addr, 4, 4, epoch, false).await?.0);
+    let (here, there): (Vec<usize>, Vec<usize>) = ((0..4).collect(), (4..8).collect());
+    let (sender, tracked) = (here[0], there[0]);
+    // The hosts see each other once a broadcast from the first reaches the
+    // second (subscriptions made, streams read).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while clients[tracked].received.get() == 0 {
+        if Instant::now() > deadline {
+            return Err(format!("{name}: no broadcast crosses the hosts after 30 s: {}{}", first.log(), second.log()));
+        }
+        clients[sender].emit("bcast", &[serde_json::json!(epoch.elapsed().as_micros() as u64)]);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for client in &clients {
+        client.latencies_us.borrow_mut().clear();
+    }
+    let table = Table::read();
+    let cpu = CpuWindow::of(hosts.routers(&table), hosts.workers(&table), &table);
+    let flow = in_flight(&clients, sender, tracked, Duration::from_secs(args.seconds), epoch).await;
+    report.record(WORKLOAD, "msgs/s per client on the other host", "/s", name, flow.rate(&there));
+    report.record(WORKLOAD, "msgs/s per client on the sender's host", "/s", name, flow.rate(&here));
+    let latencies = delivery_latencies(&clients[there[0]..]);
+    report.record(WORKLOAD, "delivery latency on the other host, p50", "ms", name, percentile(&latencies, 0.5));
+    report.record(WORKLOAD, "delivery latency on the other host, p99", "ms", name, percentile(&latencies, 0.99));
+    record_cpu(report, WORKLOAD, "µs/message", name, &cpu.per(flow.sent as f64));
+    let connections = hosts.redis_connections().ok_or("redis-server does not answer INFO")?;
+    report.record(WORKLOAD, "connections to Redis, 2 hosts of 2 workers", "connections", name, connections as f64);
     drop(clients);
     tokio::time::sleep(Duration::from_secs(1)).await;
     Ok(())
@@ -622,9 +715,9 @@ async fn worker_killed(args: &Args, report: &mut Report, target: &Target) -> Res
     Ok(())
 }
 
+/// A table per workload, with the targets that ran it; ratios are the first
+/// target's figures (sio, or the bridge across hosts) over each other's.
 fn print(report: &Report, args: &Args, machine: &str) {
-    let targets: Vec<&str> = args.targets.iter().map(String::as_str).collect();
-    let anchors: Vec<&str> = targets.iter().copied().filter(|t| *t != "sio").collect();
     let mut workloads: Vec<&str> = Vec::new();
     for figure in &report.figures {
         if !workloads.contains(&figure.workload) {
@@ -632,22 +725,30 @@ fn print(report: &Report, args: &Args, machine: &str) {
         }
     }
     for workload in workloads {
+        let figures: Vec<&Figure> = report.figures.iter().filter(|f| f.workload == workload).collect();
+        let targets: Vec<&str> = args
+            .targets
+            .iter()
+            .map(String::as_str)
+            .filter(|t| figures.iter().any(|f| f.values.contains_key(*t)))
+            .collect();
+        let Some((&subject, anchors)) = targets.split_first() else { continue };
         println!("\n### {workload} ({machine})\n");
-        let ratio_heads: String = anchors.iter().map(|a| format!(" sio/{a} |")).collect();
+        let ratio_heads: String = anchors.iter().map(|a| format!(" {subject}/{a} |")).collect();
         println!("| figure | unit |{} {ratio_heads}", targets.iter().map(|t| format!(" {t} |")).collect::<String>());
         println!("|---|---|{}{}", "---|".repeat(targets.len()), "---|".repeat(anchors.len()));
-        for figure in report.figures.iter().filter(|f| f.workload == workload) {
-            print_row(figure, &targets, &anchors);
+        for figure in figures {
+            print_row(figure, &targets, subject, anchors);
         }
     }
 }
 
-fn print_row(figure: &Figure, targets: &[&str], anchors: &[&str]) {
+fn print_row(figure: &Figure, targets: &[&str], subject: &str, anchors: &[&str]) {
     let value = |t: &str| figure.values.get(t).map(|v| median(v));
     let cells: String = targets.iter().map(|t| format!(" {} |", value(t).map_or("".into(), format_value))).collect();
     let ratios: String = anchors
         .iter()
-        .map(|a| match (value("sio"), value(a)) {
+        .map(|a| match (value(subject), value(a)) {
             (Some(s), Some(x)) if x != 0.0 && s.is_finite() && x.is_finite() => format!(" {:.2} |", s / x),
             _ => " |".into(),
         })
@@ -723,8 +824,17 @@ fn main() -> Result<(), String> {
                     run_floor(&args, &mut report, &floor).await;
                     continue;
                 }
+                if let Some(&name) = hosts::NAMES.iter().find(|n| *n == name) {
+                    if args.workloads.iter().any(|w| w == "hosts") {
+                        let mut hosts = hosts::Hosts::start(name, &paths)?;
+                        let result = cross_host(&args, &mut report, &mut hosts).await;
+                        hosts.stop();
+                        result?;
+                    }
+                    continue;
+                }
                 let kind = Kind::ALL.into_iter().find(|k| k.name() == name).ok_or(format!("unknown target {name}"))?;
-                let mut target = Target::start(kind, &paths)?;
+                let mut target = Target::start(kind, &paths, &Across::Nothing)?;
                 let result = run_target(&args, &mut report, &mut target).await;
                 target.stop();
                 result?;

@@ -41,6 +41,19 @@ impl Kind {
     }
 }
 
+/// How a sio target's broadcasts reach the workers of other hosts (the
+/// cross-host targets run two sio targets on one Redis).
+pub enum Across {
+    /// One host: broadcasts stay on it.
+    Nothing,
+    /// The master's host bridge to the Redis at this URL; workers unchanged.
+    Bridge(String),
+    /// Each worker's own `@socket.io/redis-streams-adapter` on the Redis at
+    /// this URL (`REDIS_URL` in its environment), in place of the cluster
+    /// adapter.
+    AppAdapter(String),
+}
+
 /// Where things are: the sio binary and `bench/node` (npm packages installed).
 pub struct Paths {
     pub sio: PathBuf,
@@ -56,14 +69,16 @@ pub struct Target {
     dir: PathBuf,
 }
 
-/// A process that routes connections, for CPU and memory accounting.
+/// A process that routes connections or relays broadcasts, for CPU and
+/// memory accounting.
+#[derive(Clone)]
 pub struct Router {
     pub role: String,
     pub pid: u32,
 }
 
 impl Target {
-    pub fn start(kind: Kind, paths: &Paths) -> Result<Target, String> {
+    pub fn start(kind: Kind, paths: &Paths, across: &Across) -> Result<Target, String> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let dir = std::env::temp_dir().join(format!("sio-bench-{}-{}-{port}", kind.name(), std::process::id()));
@@ -72,13 +87,20 @@ impl Target {
         let worker = paths.node_dir.join("worker.js");
         let mut command = match kind {
             Kind::Sio => {
-                let config = dir.join("bench.json");
-                let json = serde_json::json!({
+                // The app's name is the file's: one per port, so two hosts
+                // can run side by side.
+                let config = dir.join(format!("bench-{port}.json"));
+                let mut json = serde_json::json!({
                     "command": ["node", worker],
                     "cwd": paths.node_dir,
                     "instances": 2,
                     "listen": addr.to_string(),
                 });
+                match across {
+                    Across::Nothing => {}
+                    Across::Bridge(url) => json["redis"] = serde_json::json!({ "url": url }),
+                    Across::AppAdapter(url) => json["env"] = serde_json::json!({ "REDIS_URL": url }),
+                }
                 std::fs::write(&config, json.to_string()).map_err(|e| e.to_string())?;
                 let mut c = Command::new(&paths.sio);
                 c.arg("up").arg(&config);
@@ -204,7 +226,7 @@ impl Target {
     }
 }
 
-fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
     let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
 
@@ -215,7 +237,7 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
-fn free_port() -> Result<u16, String> {
+pub fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
 }

@@ -5,6 +5,9 @@
 // @socket.io/pm2 (cluster mode) and cluster-sticky.js.
 // Without an IPC channel (`node worker.js`, no parent) it is "one Node
 // alone": no adapter, no sticky, it listens on 127.0.0.1:$PORT itself.
+// With REDIS_URL (under sio) it takes @socket.io/redis-streams-adapter
+// instead of the cluster adapter: the workers of two sio hosts reaching each
+// other through Redis themselves, the anchor of sio's host bridge.
 const { createServer } = require("http");
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/cluster-adapter");
@@ -13,7 +16,17 @@ const { setupWorker } = require("@socket.io/sticky");
 const httpServer = createServer();
 const io = new Server(httpServer);
 
-if (process.send) {
+if (process.send && process.env.REDIS_URL) {
+  // The cross-host anchor: the app's own @socket.io/redis-streams-adapter
+  // (one Redis connection per worker), connections taken once it is in place.
+  const { createClient } = require("redis");
+  const client = createClient({ url: process.env.REDIS_URL });
+  client.on("error", (e) => console.error(`redis: ${e.message}`));
+  client.connect().then(() => {
+    io.adapter(require("@socket.io/redis-streams-adapter").createAdapter(client));
+    setupWorker(io);
+  });
+} else if (process.send) {
   io.adapter(createAdapter());
   setupWorker(io);
 } else {
