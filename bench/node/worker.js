@@ -18,14 +18,21 @@ const io = new Server(httpServer);
 
 if (process.send && process.env.REDIS_URL) {
   // The cross-host anchor: the app's own @socket.io/redis-streams-adapter
-  // (one Redis connection per worker), connections taken once it is in place.
+  // (its own Redis connections in every worker), connections taken once it
+  // is in place.
   const { createClient } = require("redis");
   const client = createClient({ url: process.env.REDIS_URL });
   client.on("error", (e) => console.error(`redis: ${e.message}`));
-  client.connect().then(() => {
-    io.adapter(require("@socket.io/redis-streams-adapter").createAdapter(client));
-    setupWorker(io);
-  });
+  client.connect().then(
+    () => {
+      io.adapter(require("@socket.io/redis-streams-adapter").createAdapter(client));
+      setupWorker(io);
+    },
+    (e) => {
+      console.error(`cannot reach Redis at ${process.env.REDIS_URL}: ${e.message}`);
+      process.exit(1);
+    }
+  );
 } else if (process.send) {
   io.adapter(createAdapter());
   setupWorker(io);

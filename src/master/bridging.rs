@@ -149,12 +149,12 @@ impl Master {
                     let frame = ToAgent::Adapter(message.to_frame()).to_frame();
                     for slot in targets {
                         let Some(peer) = st.peers.get(&slot) else { continue };
-                        let pending = to_workers.entry(slot).or_default();
-                        if peer.link.queued_bytes() + pending.len() + frame.len() > self.cfg.limits.bus_queue_bytes {
+                        let pending = to_workers.get(&slot).map_or(0, Vec::len);
+                        if peer.link.queued_bytes() + pending + frame.len() > self.cfg.limits.bus_queue_bytes {
                             st.counters.dropped_frames += 1;
                             continue;
                         }
-                        pending.extend_from_slice(&frame);
+                        to_workers.entry(slot).or_default().extend_from_slice(&frame);
                         st.counters.relayed_frames += 1;
                     }
                     debug!(app = %self.cfg.app, kind = message.kind, uid = %message.uid, "from Redis to workers");

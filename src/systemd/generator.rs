@@ -28,9 +28,9 @@ pub fn redis_drop_in(path: &Path, ip: IpAddr) -> String {
 
 /// Writes drop-ins for every app in `config_dir` into `out` (the
 /// generator's "normal" folder). Only `listen`, `metrics` and `redis.url`
-/// are read: generators run
-/// before most filesystems are mounted and must not talk to other services,
-/// so the app's `cwd` and `control_group` are the agent's concern, checked
+/// are read: generators run before most filesystems are mounted and must not
+/// talk to other services, so the app's `cwd` and `control_group` are the
+/// agent's concern, checked
 /// when the app starts. A config whose `listen` cannot be read is reported
 /// and skipped: a generator must not fail the boot; that app's socket then
 /// has no `ListenStream=`, and systemd says so when it is started.
