@@ -33,7 +33,8 @@ struct Args {
     rounds: usize,
     /// Targets, in the order they run in each round. The cross-host ones,
     /// `bridge` and `app-redis`, are two sio hosts on a redis-server and run
-    /// only the `hosts` workload.
+    /// only the `hosts` workload; `sio-baseline` is sio run from the
+    /// `--baseline` binary.
     #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,floor,bridge,app-redis")]
     targets: Vec<String>,
     /// Seconds of each saturation window.
@@ -68,6 +69,10 @@ struct Args {
     /// The sio binary (default: target/release/sio).
     #[arg(long)]
     sio: Option<PathBuf>,
+    /// Another sio binary, run as the target `sio-baseline` (e.g. a build
+    /// of the commit before a change, to measure the change in one run).
+    #[arg(long)]
+    baseline: Option<PathBuf>,
     /// What `cargo bench` passes to every benchmark binary.
     #[arg(long, hide = true)]
     bench: bool,
@@ -809,6 +814,7 @@ fn main() -> Result<(), String> {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let paths = Paths {
         sio: args.sio.clone().unwrap_or_else(|| manifest.join("target/release/sio")),
+        baseline: args.baseline.clone(),
         node_dir: target::node_dir(&manifest),
     };
     let machine = machine();

@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// `sio up`, 2 workers.
     Sio,
+    /// The same with another sio binary (`--baseline`): a change measured
+    /// against the build before it in one run.
+    SioBaseline,
     /// `@socket.io/pm2` in cluster mode, 2 instances.
     Pm2,
     /// Node's `cluster` + `@socket.io/sticky` + the cluster adapter's `setupPrimary`.
@@ -21,11 +24,12 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [Kind::Sio, Kind::Pm2, Kind::Sticky, Kind::Node];
+    pub const ALL: [Kind; 5] = [Kind::Sio, Kind::SioBaseline, Kind::Pm2, Kind::Sticky, Kind::Node];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Sio => "sio",
+            Kind::SioBaseline => "sio-baseline",
             Kind::Pm2 => "pm2",
             Kind::Sticky => "sticky",
             Kind::Node => "node",
@@ -54,9 +58,10 @@ pub enum Across {
     AppAdapter(String),
 }
 
-/// Where things are: the sio binary and `bench/node` (npm packages installed).
+/// Where things are: the sio binaries and `bench/node` (npm packages installed).
 pub struct Paths {
     pub sio: PathBuf,
+    pub baseline: Option<PathBuf>,
     pub node_dir: PathBuf,
 }
 
@@ -86,7 +91,7 @@ impl Target {
         let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
         let worker = paths.node_dir.join("worker.js");
         let mut command = match kind {
-            Kind::Sio => {
+            Kind::Sio | Kind::SioBaseline => {
                 // The app's name is the file's: one per port, so two hosts
                 // can run side by side.
                 let config = dir.join(format!("bench-{port}.json"));
@@ -102,7 +107,11 @@ impl Target {
                     Across::AppAdapter(url) => json["env"] = serde_json::json!({ "REDIS_URL": url }),
                 }
                 std::fs::write(&config, json.to_string()).map_err(|e| e.to_string())?;
-                let mut c = Command::new(&paths.sio);
+                let sio = match kind {
+                    Kind::SioBaseline => paths.baseline.as_ref().ok_or("target sio-baseline needs --baseline PATH")?,
+                    _ => &paths.sio,
+                };
+                let mut c = Command::new(sio);
                 c.arg("up").arg(&config);
                 c
             }
@@ -180,7 +189,9 @@ impl Target {
         match self.kind {
             Kind::Node => vec![self.child.id()],
             // The master's children are the agents, theirs the Node workers.
-            Kind::Sio => table.children(self.root()).into_iter().flat_map(|agent| table.children(agent)).collect(),
+            Kind::Sio | Kind::SioBaseline => {
+                table.children(self.root()).into_iter().flat_map(|agent| table.children(agent)).collect()
+            }
             Kind::Pm2 | Kind::Sticky => table.children(self.root()),
         }
     }
@@ -189,7 +200,7 @@ impl Target {
     pub fn routers(&self, table: &Table) -> Vec<Router> {
         match self.kind {
             Kind::Node => vec![],
-            Kind::Sio => std::iter::once(Router { role: "master".into(), pid: self.root() })
+            Kind::Sio | Kind::SioBaseline => std::iter::once(Router { role: "master".into(), pid: self.root() })
                 .chain(table.children(self.root()).into_iter().map(|pid| Router { role: "agent".into(), pid }))
                 .collect(),
             Kind::Pm2 => vec![Router { role: "God".into(), pid: self.root() }],
