@@ -253,9 +253,10 @@ impl Agent {
                     held.unacked.push(|seq| ToMaster::Broadcast { seq, header, frame }.to_frame());
                 match master {
                     Some(link) => {
-                        // Broadcasts go at once (after what is collected, in order).
+                        // Broadcasts go at once (after what is collected, in
+                        // order), those of one read from Node in one write.
                         self.flush_outbox(link);
-                        link.send(numbered, None);
+                        link.send_soon(numbered);
                     }
                     None if evicted > 0 && self.lost_broadcasts.due() => {
                         warn!(app = %self.cfg.app, worker = self.slot, kept = held.unacked.len(), "no master for a while and limits.bus_queue_bytes reached: the oldest broadcasts are dropped");

@@ -446,7 +446,7 @@ impl Master {
                 }
                 continue;
             }
-            peer.link.send(out.clone(), None);
+            peer.link.send_soon(out.clone());
             written.push((peer.link.clone(), peer.link.position()));
             st.counters.relayed_frames += 1;
         }

@@ -90,14 +90,15 @@ impl NodeChannel {
         &self.link
     }
 
-    /// Sends a frame now, or after the handle in flight is acknowledged.
+    /// Sends a frame soon (with the others of this turn, in one write), or
+    /// after the handle in flight is acknowledged.
     pub fn send_frame(&self, frame: Bytes) {
         let mut d = self.discipline.borrow_mut();
         if d.in_flight.is_some() {
             d.held_bytes += frame.len();
             d.held.push_back(Held::Frame(frame));
         } else {
-            self.link.send(frame, None);
+            self.link.send_soon(frame);
         }
     }
 
@@ -124,7 +125,7 @@ impl NodeChannel {
             match h {
                 Held::Frame(f) => {
                     d.held_bytes -= f.len();
-                    self.link.send(f, None)
+                    self.link.send_soon(f)
                 }
                 Held::Handle { id, fd } => return self.launch(d, id, fd),
             }
