@@ -12,6 +12,13 @@
 //!
 //! Single-threaded by design (`Rc`, `RefCell`): the master and the agent
 //! each run one current-thread runtime, so no locks sit on the handoff path.
+//!
+//! Wake-ups cost more than the work they carry on the handoff path, so a
+//! link asks the reactor only for what it waits for: readability always,
+//! writability only while the socket is full (Linux signals a Unix socket's
+//! write space on every read by its peer: a standing registration woke the
+//! agent once per handoff for nothing), and a short read that brought no
+//! fd ends the reading without the `EAGAIN` read that would say so.
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -20,9 +27,17 @@ use std::collections::VecDeque;
 use std::io::{self, IoSlice, IoSliceMut};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::rc::Rc;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UnixStream;
 use tokio::sync::Notify;
+
+/// Registers a descriptor this code owns with the reactor, for `interest`.
+pub(crate) fn watch<T: AsRawFd>(owned: T, interest: Interest) -> io::Result<AsyncFd<T>> {
+    // SAFETY: `owned` owns its descriptor (an OwnedFd or a std listener),
+    // so it stays open and the same until the AsyncFd lets go of it.
+    unsafe { AsyncFd::register_with_interest(owned, interest) }.map_err(|e| e.into_parts().1)
+}
 
 /// Bytes to write, shared so that one relayed frame can sit in many queues
 /// (an `Rc<Vec>` takes a `Vec` over without copying it).
@@ -38,7 +53,9 @@ struct Outgoing {
 
 /// A framed, fd-carrying, non-blocking Unix stream. See the module docs.
 pub struct Link {
-    stream: UnixStream,
+    /// Registered for readability only; see [`Link::write_loop`] for
+    /// writability.
+    socket: AsyncFd<OwnedFd>,
     queue: RefCell<VecDeque<Outgoing>>,
     queued_bytes: Cell<usize>,
     /// Bytes ever queued and ever written: a position in the stream (see
@@ -108,9 +125,10 @@ impl Drop for OwnedLink {
 impl Link {
     /// A link over `stream`, with its writer task running on the current
     /// `LocalSet` until the link closes (or fails).
-    pub fn spawn(stream: UnixStream) -> OwnedLink {
+    pub fn spawn(stream: UnixStream) -> io::Result<OwnedLink> {
+        let socket = watch(OwnedFd::from(stream.into_std()?), Interest::READABLE)?;
         let link = Rc::new(Link {
-            stream,
+            socket,
             queue: RefCell::default(),
             queued_bytes: Cell::new(0),
             queued_total: Cell::new(0),
@@ -123,12 +141,26 @@ impl Link {
             let link = link.clone();
             async move { link.write_loop().await }
         });
-        OwnedLink(link)
+        Ok(OwnedLink(link))
     }
 
     /// Bytes waiting to be written.
     pub fn queued_bytes(&self) -> usize {
         self.queued_bytes.get()
+    }
+
+    /// Bytes written that the peer has not read yet, as the kernel counts
+    /// them (`SIOCOUTQ`: whole socket buffers, so more than the payload);
+    /// `usize::MAX` if it cannot say.
+    pub fn unread_by_peer(&self) -> usize {
+        let mut unread: nix::libc::c_int = 0;
+        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int through the pointer.
+        let r = unsafe { nix::libc::ioctl(self.socket.as_raw_fd(), nix::libc::TIOCOUTQ, &mut unread) };
+        if r == 0 {
+            usize::try_from(unread).unwrap_or(0)
+        } else {
+            usize::MAX
+        }
     }
 
     /// Where the stream ends once what is queued now is written: pass it to
@@ -162,7 +194,7 @@ impl Link {
         if self.closed.replace(true) {
             return;
         }
-        let _ = nix::sys::socket::shutdown(self.stream.as_raw_fd(), nix::sys::socket::Shutdown::Both);
+        let _ = nix::sys::socket::shutdown(self.socket.as_raw_fd(), nix::sys::socket::Shutdown::Both);
         self.queue.borrow_mut().clear();
         self.queued_bytes.set(0);
         self.wake_writer.notify_one();
@@ -223,7 +255,7 @@ impl Link {
     /// the first byte of the write, and a later item with an fd starts a
     /// write of its own. `Ok(true)` when the queue is empty.
     fn flush_now(&self) -> io::Result<bool> {
-        let sock = self.stream.as_raw_fd();
+        let sock = self.socket.as_raw_fd();
         loop {
             let mut q = self.queue.borrow_mut();
             let Some(front) = q.front() else {
@@ -235,7 +267,7 @@ impl Link {
                 .take(MAX_GATHER)
                 .map(IoSlice::new)
                 .collect();
-            let r = self.stream.try_io(Interest::WRITABLE, || send_some(sock, &slices, fd));
+            let r = send_some(sock, &slices, fd);
             drop(slices);
             match r {
                 Ok(n) => {
@@ -265,18 +297,35 @@ impl Link {
 
     /// The writer: runs until the link is closed. A write error closes it
     /// (see [`Link::close`]), so the reading side tears the peer down.
+    ///
+    /// Writability is watched through a duplicate of the socket registered
+    /// for it alone, and only while the socket is full: most writes never
+    /// wait, and a standing registration would wake this process at every
+    /// read of the peer.
     async fn write_loop(&self) {
+        let mut full: Option<AsyncFd<OwnedFd>> = None;
         while !self.closed.get() {
-            let wait_writable = match self.flush_now() {
-                Ok(all_written) => !all_written,
-                Err(_) => break,
-            };
-            if wait_writable {
-                if self.stream.writable().await.is_err() {
-                    break;
+            match self.flush_now() {
+                Ok(true) => {
+                    full = None;
+                    self.wake_writer.notified().await;
                 }
-            } else {
-                self.wake_writer.notified().await;
+                Ok(false) => {
+                    if full.is_none() {
+                        match self.socket.get_ref().try_clone().and_then(|dup| watch(dup, Interest::WRITABLE)) {
+                            Ok(watch) => full = Some(watch),
+                            Err(_) => break,
+                        }
+                    }
+                    let watch = full.as_ref().expect("registered above");
+                    // Readiness seen now is consumed: the next flush finds
+                    // the space it announced, and a later edge is kept.
+                    match watch.writable().await {
+                        Ok(mut ready) => ready.clear_ready(),
+                        Err(_) => break,
+                    }
+                }
+                Err(_) => break,
             }
         }
         self.close();
@@ -285,13 +334,22 @@ impl Link {
     /// Reads what is available into `into` and received fds into `fds`,
     /// waiting until something is. `Ok(0)` is EOF.
     pub async fn read(&self, into: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
-        let sock = self.stream.as_raw_fd();
         loop {
-            self.stream.readable().await?;
-            match self.stream.try_io(Interest::READABLE, || recv_some(sock, into, fds)) {
-                Ok(n) => return Ok(n),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock || e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
+            let mut ready = self.socket.readable().await?;
+            let fds_before = fds.len();
+            match ready.try_io(|s| recv_some(s.as_raw_fd(), into, fds)) {
+                Ok(Ok(n)) => {
+                    // Linux fills a read from every segment queued and stops
+                    // early only after one that carries fds: a short read
+                    // without fds emptied the socket. (EOF is never cleared.)
+                    if n < into.len() && fds.len() == fds_before {
+                        ready.clear_ready();
+                    }
+                    return Ok(n);
+                }
+                Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Ok(Err(e)) => return Err(e),
+                Err(_would_block) => {}
             }
         }
     }
@@ -462,7 +520,7 @@ mod tests {
         ) {
             crate::up::block_on(async {
                 let (ours, theirs) = UnixStream::pair().unwrap();
-                let (ours, theirs) = (Link::spawn(ours), Link::spawn(theirs));
+                let (ours, theirs) = (Link::spawn(ours).unwrap(), Link::spawn(theirs).unwrap());
                 let mut inodes = VecDeque::new();
                 for s in &sends {
                     match s {

@@ -395,7 +395,11 @@ impl Agent {
                 Ok(stream) => {
                     delay = RECONNECT_FIRST;
                     announced_wait = false;
-                    if let Err(refusal) = self.session(Link::spawn(stream)).await {
+                    let link = match Link::spawn(stream) {
+                        Ok(link) => link,
+                        Err(e) => return format!("cannot watch the bus socket: {e}"),
+                    };
+                    if let Err(refusal) = self.session(link).await {
                         return refusal;
                     }
                     info!(app = %self.cfg.app, worker = self.slot, "master gone; the worker keeps running, reconnecting");

@@ -9,6 +9,7 @@
 //! (edge-triggered), so a slow client costs no CPU.
 
 use super::{Master, Request};
+use crate::handoff::watch;
 use crate::http_head::{self, Head, HeadError};
 use crate::shutdown::Shutdown;
 use nix::errno::Errno;
@@ -17,7 +18,6 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
-use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tracing::{error, warn};
 
@@ -26,13 +26,6 @@ const ACCEPT_BATCH: usize = 128;
 /// How long the master keeps reading (and discarding) from a client it
 /// answered itself, so that closing does not reset the answer away.
 const LINGER: Duration = Duration::from_secs(2);
-
-/// Registers a socket this code owns with the reactor.
-fn watch<T: AsRawFd>(owned: T, interest: Interest) -> std::io::Result<AsyncFd<T>> {
-    // SAFETY: `owned` owns its descriptor (an OwnedFd or a std listener),
-    // so it stays open and the same until the AsyncFd lets go of it.
-    unsafe { AsyncFd::register_with_interest(owned, interest) }.map_err(|e| e.into_parts().1)
-}
 
 pub(super) enum Peeked {
     Head(Head),

@@ -248,7 +248,12 @@ impl Master {
                 }
             }
         };
-        let link = Link::spawn(stream);
+        let link = match Link::spawn(stream) {
+            Ok(link) => link,
+            Err(e) => {
+                return warn!(app = %self.cfg.app, peer_pid = creds.pid(), "bus peer dropped: cannot watch its socket: {e}")
+            }
+        };
         let mut reader = FrameReader::without_fds(Prefix::Bus, MAX_HELLO);
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, reader.next(&link)).await {
             Ok(Ok(Some(body))) => ToMaster::decode(body),
@@ -621,7 +626,7 @@ mod tests {
     fn a_target_that_stops_reading_costs_a_bounded_number_of_batches() {
         crate::up::block_on(async {
             let (ours, _theirs) = UnixStream::pair().unwrap();
-            let target = Link::spawn(ours);
+            let target = Link::spawn(ours).unwrap();
             let pending = Unacknowledged::default();
             // Copies that never get written: the target reads nothing.
             let never = target.position() + (1 << 40);

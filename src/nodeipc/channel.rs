@@ -76,7 +76,7 @@ impl NodeChannel {
         let (parent, child) = socketpair(AddressFamily::Unix, SockType::Stream, None, SockFlag::SOCK_CLOEXEC)?;
         let parent = std::os::unix::net::UnixStream::from(parent);
         parent.set_nonblocking(true)?;
-        let link = Link::spawn(tokio::net::UnixStream::from_std(parent)?);
+        let link = Link::spawn(tokio::net::UnixStream::from_std(parent)?)?;
         let channel = NodeChannel {
             link,
             discipline: RefCell::default(),
@@ -239,7 +239,7 @@ mod tests {
         let (channel, child) = NodeChannel::pair().unwrap();
         let child = std::os::unix::net::UnixStream::from(child.0);
         child.set_nonblocking(true).unwrap();
-        let link = Link::spawn(tokio::net::UnixStream::from_std(child).unwrap());
+        let link = Link::spawn(tokio::net::UnixStream::from_std(child).unwrap()).unwrap();
         (channel, FakeChild { link, reader: FrameReader::new(Prefix::Node, 1 << 20) })
     }
 
