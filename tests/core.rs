@@ -36,6 +36,29 @@ fn a_workers_own_sessions_are_counted_as_they_open_and_close() {
 }
 
 #[test]
+fn a_burst_of_connections_is_answered_each_on_its_own_socket() {
+    // Handles go to Node several at a time (src/nodeipc/channel.rs): each
+    // must reach the worker with its own connection, none twice, none lost.
+    use std::io::{Read, Write};
+    let app = App::start(1);
+    let burst = 300;
+    let mut conns: Vec<std::net::TcpStream> = (0..burst)
+        .map(|i| {
+            let mut c = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+            write!(c, "GET /burst/{i} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+            c
+        })
+        .collect();
+    for (i, c) in conns.iter_mut().enumerate() {
+        c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut answer = String::new();
+        c.read_to_string(&mut answer).unwrap_or_else(|e| panic!("connection {i}: {e} after {answer:?}"));
+        assert!(answer.starts_with("HTTP/1.1 200"), "connection {i}: {answer:?}");
+        assert!(answer.contains(&format!(" for /burst/{i}\r\n")), "connection {i} got another's answer: {answer:?}");
+    }
+}
+
+#[test]
 fn cluster_adapter_across_workers() {
     let app = App::start(2);
     let r = node("cluster.js", &[&app.port.to_string()]);

@@ -5,8 +5,9 @@
 //! * It spawns the app's command with an IPC channel (`NODE_CHANNEL_FD`,
 //!   `advanced` serialization, `NODE_UNIQUE_ID` so that sticky's
 //!   `setupWorker` accepts to run) and the preload (`preload.js`).
-//! * Connections from the master become `sticky:connection` handles, one in
-//!   flight at a time; each is confirmed to the master once Node has it.
+//! * Connections from the master become `sticky:connection` handles, several
+//!   in flight when Node reads each whole (see [`nodeipc::channel`]); each is
+//!   confirmed to the master once Node has it.
 //! * Cluster-adapter frames go to the master to be relayed, numbered and
 //!   kept until the master acknowledges them (see [`relay`]); frames from
 //!   the master go to Node byte for byte, each once.

@@ -1,14 +1,25 @@
 //! The parent's end of Node's IPC channel: the socketpair, and the
-//! one-handle-in-flight discipline Node's own parent follows.
+//! discipline that keeps every `NODE_HANDLE` with its own fd.
 //!
-//! While a `NODE_HANDLE` waits for its `NODE_HANDLE_ACK`/`NACK`, every
-//! other message to the child is held: Node keeps only the latest received
-//! fd as "pending", so a second handle in flight can give connection 2's
-//! socket to message 1, and a plain message right after a handle can
-//! overtake it (both verified; see the design notes, section 1.4). On ACK
-//! the parent closes its copy of the fd (keeping it would stop a worker's
-//! `destroy()` from reaching the client); on NACK it resends, at most
-//! [`MAX_RETRANSMISSIONS`] times.
+//! Node gives the fd received with a read to the `NODE_HANDLE` message that
+//! read completes (the design notes, section 1.4). Linux ends a read after
+//! the segment that carries an fd, and Node reads 64 KiB at a time (libuv's
+//! suggested size), so a handle message whose segment is whole in the read
+//! that brings its fd gets its own fd. A handle sent while few bytes wait
+//! unread before it ([`PIPELINE_BYTES`], counted by the kernel) is read that
+//! way, and such handles can be in flight together: a burst of connections
+//! costs one wake-up of the worker, not one round trip each. A handle sent
+//! behind more waits alone for its answer, as Node's own parent makes
+//! every handle wait: read in two pieces, its message would otherwise
+//! complete with the next handle's fd.
+//!
+//! Other messages wait while handles are in flight (a plain message read
+//! with a handle would overtake it; both verified), and handles sent after
+//! a waiting message wait behind it, so a stream of connections never
+//! starves the broadcasts. On ACK the parent closes its copy of the fd
+//! (keeping it would stop a worker's `destroy()` from reaching the client);
+//! on NACK it resends, at most [`MAX_RETRANSMISSIONS`] times. Node answers
+//! handles in the order they were sent.
 
 use crate::handoff::{Bytes, Link, OwnedLink};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag};
@@ -22,6 +33,11 @@ use tokio::sync::Notify;
 
 pub const MAX_RETRANSMISSIONS: u8 = 3;
 
+/// Bytes at most unread before a handle (its own included) for it to join
+/// handles in flight: half of Node's 64 KiB read, since the kernel counts
+/// whole socket buffers (about 1 KiB for a handle message of 88 bytes).
+pub const PIPELINE_BYTES: usize = 32 * 1024;
+
 enum Held {
     Frame(Bytes),
     Handle { id: u64, fd: OwnedFd },
@@ -34,11 +50,15 @@ struct InFlight {
     /// When it was (last) sent: Node answers within milliseconds unless
     /// its event loop is stuck (see [`NodeChannel::unanswered_since`]).
     sent: Instant,
+    /// Sent with at most [`PIPELINE_BYTES`] unread before it: Node reads
+    /// its message whole with its fd.
+    whole: bool,
 }
 
 #[derive(Default)]
 struct Discipline {
-    in_flight: Option<InFlight>,
+    /// Oldest first: the order Node answers in.
+    in_flight: VecDeque<InFlight>,
     held: VecDeque<Held>,
     /// Bytes of the frames in `held` (they count as queued for backpressure).
     held_bytes: usize,
@@ -91,51 +111,74 @@ impl NodeChannel {
     }
 
     /// Sends a frame soon (with the others of this turn, in one write), or
-    /// after the handle in flight is acknowledged.
+    /// once every handle in flight is answered.
     pub fn send_frame(&self, frame: Bytes) {
         let mut d = self.discipline.borrow_mut();
-        if d.in_flight.is_some() {
+        if d.in_flight.is_empty() {
+            self.link.send_soon(frame);
+        } else {
             d.held_bytes += frame.len();
             d.held.push_back(Held::Frame(frame));
-        } else {
-            self.link.send_soon(frame);
         }
     }
 
     /// Hands a connection to the child (`sticky:connection`).
     pub fn send_handle(&self, id: u64, fd: OwnedFd) {
         let mut d = self.discipline.borrow_mut();
-        if d.in_flight.is_some() {
-            d.held.push_back(Held::Handle { id, fd });
-        } else {
+        if d.held.is_empty() && self.may_launch(&d) {
             self.launch(&mut d, id, fd);
+        } else {
+            d.held.push_back(Held::Handle { id, fd });
         }
     }
 
+    /// Whether a handle may go now: alone, or joining handles that are all
+    /// read whole, itself read whole too.
+    fn may_launch(&self, d: &Discipline) -> bool {
+        d.in_flight.is_empty() || (d.in_flight.iter().all(|f| f.whole) && self.would_be_whole())
+    }
+
+    /// Whether a handle sent now would have at most [`PIPELINE_BYTES`]
+    /// unread before it, its own bytes included.
+    fn would_be_whole(&self) -> bool {
+        let before = self.link.unread_by_peer().saturating_add(self.link.queued_bytes());
+        before.saturating_add(self.handoff_frame.len()) <= PIPELINE_BYTES
+    }
+
     fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd) {
+        let whole = self.would_be_whole();
         let fd = Rc::new(fd);
         self.link.send(self.handoff_frame.clone(), Some(fd.clone()));
-        d.in_flight = Some(InFlight { id, fd, retransmissions: 0, sent: Instant::now() });
+        d.in_flight.push_back(InFlight { id, fd, retransmissions: 0, sent: Instant::now(), whole });
         self.handle_sent.notify_one();
     }
 
-    /// Sends held messages up to (and including) the next handle.
+    /// Sends what was held, in order, as far as the discipline lets it:
+    /// frames once no handle is in flight, handles as [`Self::may_launch`].
     fn release(&self, d: &mut Discipline) {
-        while let Some(h) = d.held.pop_front() {
-            match h {
-                Held::Frame(f) => {
+        loop {
+            match d.held.front() {
+                Some(Held::Frame(_)) if d.in_flight.is_empty() => {
+                    let Some(Held::Frame(f)) = d.held.pop_front() else { unreachable!("a frame is in front") };
                     d.held_bytes -= f.len();
-                    self.link.send_soon(f)
+                    self.link.send_soon(f);
                 }
-                Held::Handle { id, fd } => return self.launch(d, id, fd),
+                Some(Held::Handle { .. }) if self.may_launch(d) => {
+                    let Some(Held::Handle { id, fd }) = d.held.pop_front() else {
+                        unreachable!("a handle is in front")
+                    };
+                    self.launch(d, id, fd);
+                }
+                _ => return,
             }
         }
     }
 
-    /// `NODE_HANDLE_ACK`: the child has the fd. Returns the handoff id.
+    /// `NODE_HANDLE_ACK`: the child has the oldest fd in flight. Returns
+    /// its handoff id.
     pub fn acked(&self) -> Option<u64> {
         let mut d = self.discipline.borrow_mut();
-        let done = d.in_flight.take()?;
+        let done = d.in_flight.pop_front()?;
         // Dropping our Rc closes our copy (the link's queue let go of its
         // own when the frame went out, which it has: the child answered).
         drop(done.fd);
@@ -143,20 +186,24 @@ impl NodeChannel {
         Some(done.id)
     }
 
-    /// `NODE_HANDLE_NACK`: the fd did not arrive with the message. Resends,
-    /// or gives up and returns the id of the connection that failed.
+    /// `NODE_HANDLE_NACK`: the oldest fd in flight did not arrive with its
+    /// message. Resends it (behind the others in flight: Node answers in
+    /// order), or gives up and returns the id of the connection that failed.
     pub fn nacked(&self) -> Option<u64> {
         let mut d = self.discipline.borrow_mut();
-        let flight = d.in_flight.as_mut()?;
+        let mut flight = d.in_flight.pop_front()?;
         if flight.retransmissions < MAX_RETRANSMISSIONS {
             flight.retransmissions += 1;
             flight.sent = Instant::now();
+            // Where it lands is not known: nothing joins it until answered.
+            flight.whole = false;
             self.link.send(self.handoff_frame.clone(), Some(flight.fd.clone()));
+            d.in_flight.push_back(flight);
+            self.handle_sent.notify_one();
             return None;
         }
-        let failed = d.in_flight.take().map(|f| f.id);
         self.release(&mut d);
-        failed
+        Some(flight.id)
     }
 
     /// Bytes waiting for the child: in the link's queue, and held behind a
@@ -173,9 +220,10 @@ impl NodeChannel {
         }
     }
 
-    /// Since when the handle in flight waits for its answer, if one does.
+    /// Since when the oldest handle in flight waits for its answer, if one
+    /// does.
     pub fn unanswered_since(&self) -> Option<Instant> {
-        self.discipline.borrow().in_flight.as_ref().map(|f| f.sent)
+        self.discipline.borrow().in_flight.front().map(|f| f.sent)
     }
 
     /// Returns once a handle has waited `limit` for its answer: the child's
@@ -196,7 +244,7 @@ impl NodeChannel {
     /// The child is gone: the ids of every connection it never got.
     pub fn abandon(&self) -> Vec<u64> {
         let mut d = self.discipline.borrow_mut();
-        let mut ids: Vec<u64> = d.in_flight.take().map(|f| f.id).into_iter().collect();
+        let mut ids: Vec<u64> = d.in_flight.drain(..).map(|f| f.id).collect();
         ids.extend(d.held.drain(..).filter_map(|h| match h {
             Held::Handle { id, .. } => Some(id),
             Held::Frame(_) => None,
@@ -222,7 +270,8 @@ mod tests {
         /// The next frame's payload, and the fd Node would give it: like
         /// Node, the oldest fd received goes to the next `NODE_HANDLE`.
         async fn next(&mut self) -> (Vec<u8>, Option<OwnedFd>) {
-            let payload = self.reader.next(&self.link).await.unwrap().unwrap().to_vec();
+            let next = tokio::time::timeout(Duration::from_secs(5), self.reader.next(&self.link));
+            let payload = next.await.expect("a frame within 5 s").unwrap().unwrap().to_vec();
             let is_handle = payload == super::super::sticky_handoff_frame()[4..];
             let fd = if is_handle { self.reader.fds.pop_front() } else { None };
             (payload, fd)
@@ -248,21 +297,63 @@ mod tests {
         a
     }
 
+    /// A socket, and its inode to know it again in the child.
+    fn a_socket_and_inode() -> (OwnedFd, u64) {
+        let sock = a_socket();
+        let inode = inode(&sock);
+        (sock, inode)
+    }
+
+    fn inode(fd: &OwnedFd) -> u64 {
+        nix::sys::stat::fstat(fd.as_raw_fd()).unwrap().st_ino
+    }
+
     #[test]
-    fn one_handle_in_flight_others_held_until_ack() {
+    fn handles_go_together_and_a_message_waits_for_every_answer() {
         crate::up::block_on(async {
             let (channel, mut child) = pair();
-            channel.send_handle(1, a_socket());
+            let (one, two, three) = (a_socket_and_inode(), a_socket_and_inode(), a_socket_and_inode());
+            channel.send_handle(1, one.0);
+            channel.send_handle(2, two.0);
             channel.send_frame(Rc::new(b"\0\0\0\x01x".to_vec()));
-            channel.send_handle(2, a_socket());
-            let (first, fd) = child.next().await;
-            assert!(fd.is_some() && first == channel.handoff_frame[4..], "the first handle, with its fd");
-            assert!(child.quiet().await, "nothing else before the ACK");
+            channel.send_handle(3, three.0);
+            for (n, expected) in [(1, one.1), (2, two.1)] {
+                let (payload, fd) = child.next().await;
+                assert!(payload == channel.handoff_frame[4..], "handle {n}, before any answer");
+                assert_eq!(fd.map(|f| inode(&f)), Some(expected), "handle {n} with its own connection");
+            }
+            assert!(child.quiet().await, "the message waits for both answers, the third handle behind it");
             assert_eq!(channel.acked(), Some(1));
+            assert!(child.quiet().await, "handle 2 is still in flight");
+            assert_eq!(channel.acked(), Some(2));
             let (held, fd) = child.next().await;
-            assert!(held == b"x" && fd.is_none(), "then the held message, in order");
-            assert!(child.next().await.1.is_some(), "then the second handle, with its fd");
+            assert!(held == b"x" && fd.is_none(), "then the message, in order");
+            let (_, fd) = child.next().await;
+            assert_eq!(fd.map(|f| inode(&f)), Some(three.1), "then handle 3");
             assert!(child.quiet().await);
+            assert_eq!(channel.acked(), Some(3));
+            assert_eq!(channel.acked(), None);
+        });
+    }
+
+    #[test]
+    fn a_handle_behind_unread_bytes_waits_alone_for_its_answer() {
+        // Read in two pieces, its message would complete with the next
+        // handle's fd: nothing joins it.
+        crate::up::block_on(async {
+            let (channel, mut child) = pair();
+            let mut big = (40_000u32).to_be_bytes().to_vec();
+            big.resize(4 + 40_000, b'.');
+            channel.send_frame(Rc::new(big));
+            tokio::task::yield_now().await;
+            let (one, two) = (a_socket_and_inode(), a_socket_and_inode());
+            channel.send_handle(1, one.0);
+            channel.send_handle(2, two.0);
+            assert_eq!(child.next().await.0.len(), 40_000, "the frame first");
+            assert_eq!(child.next().await.1.map(|f| inode(&f)), Some(one.1), "then handle 1");
+            assert!(child.quiet().await, "handle 2 waits for handle 1's answer");
+            assert_eq!(channel.acked(), Some(1));
+            assert_eq!(child.next().await.1.map(|f| inode(&f)), Some(two.1), "then handle 2");
             assert_eq!(channel.acked(), Some(2));
         });
     }

@@ -4,8 +4,8 @@
 //! * [`v8`]: the `advanced` serialization codec (pure).
 //! * this module: what a frame from the child means ([`classify`]) and the
 //!   frames the parent writes (pure).
-//! * [`channel`]: the socketpair, framing and the one-handle-in-flight
-//!   discipline (I/O).
+//! * [`channel`]: the socketpair, framing and the discipline that keeps
+//!   each `NODE_HANDLE` with its own fd (I/O).
 //!
 //! Framing in `advanced` mode: a 4-byte big-endian payload length, then a V8
 //! payload. A frame is *internal* when it is an object whose `cmd` is a

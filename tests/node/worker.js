@@ -7,7 +7,7 @@ const { setupWorker } = require("@socket.io/sticky");
 
 const httpServer = createServer((req, res) => {
   res.writeHead(200, { "Content-Type": "text/plain" });
-  res.end(`page from ${process.pid}`);
+  res.end(`page from ${process.pid} for ${req.url}`);
 });
 const io = new Server(httpServer, { maxHttpBufferSize: 4e6 });
 // An app with its own session ids (no slot inside): routed by the table the
