@@ -17,8 +17,7 @@
 //! link asks the reactor only for what it waits for: readability always,
 //! writability only while the socket is full (Linux signals a Unix socket's
 //! write space on every read by its peer: a standing registration woke the
-//! agent once per handoff for nothing), and a short read that brought no
-//! fd ends the reading without the `EAGAIN` read that would say so.
+//! agent once per handoff for nothing).
 
 use nix::errno::Errno;
 use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
@@ -335,18 +334,12 @@ impl Link {
     /// waiting until something is. `Ok(0)` is EOF.
     pub async fn read(&self, into: &mut [u8], fds: &mut VecDeque<OwnedFd>) -> io::Result<usize> {
         loop {
+            // Readiness stays until a read finds nothing: that read often
+            // finds what arrived meanwhile, so a relaying task handles more
+            // frames per wake-up and its writes gather more of them.
             let mut ready = self.socket.readable().await?;
-            let fds_before = fds.len();
             match ready.try_io(|s| recv_some(s.as_raw_fd(), into, fds)) {
-                Ok(Ok(n)) => {
-                    // Linux fills a read from every segment queued and stops
-                    // early only after one that carries fds: a short read
-                    // without fds emptied the socket. (EOF is never cleared.)
-                    if n < into.len() && fds.len() == fds_before {
-                        ready.clear_ready();
-                    }
-                    return Ok(n);
-                }
+                Ok(Ok(n)) => return Ok(n),
                 Ok(Err(e)) if e.kind() == io::ErrorKind::Interrupted => {}
                 Ok(Err(e)) => return Err(e),
                 Err(_would_block) => {}
