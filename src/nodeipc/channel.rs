@@ -74,6 +74,12 @@ pub struct NodeChannel {
     handoff_frame: Bytes,
 }
 
+/// Whether a handle (`whole`: see [`InFlight::whole`]) may go now: alone,
+/// or read whole joining handles that are all read whole.
+fn may_launch(d: &Discipline, whole: bool) -> bool {
+    d.in_flight.is_empty() || (whole && d.in_flight.iter().all(|f| f.whole))
+}
+
 /// The child's end, to be inherited as `NODE_CHANNEL_FD`.
 pub struct ChildEnd(OwnedFd);
 
@@ -125,17 +131,12 @@ impl NodeChannel {
     /// Hands a connection to the child (`sticky:connection`).
     pub fn send_handle(&self, id: u64, fd: OwnedFd) {
         let mut d = self.discipline.borrow_mut();
-        if d.held.is_empty() && self.may_launch(&d) {
-            self.launch(&mut d, id, fd);
+        let whole = self.would_be_whole();
+        if d.held.is_empty() && may_launch(&d, whole) {
+            self.launch(&mut d, id, fd, whole);
         } else {
             d.held.push_back(Held::Handle { id, fd });
         }
-    }
-
-    /// Whether a handle may go now: alone, or joining handles that are all
-    /// read whole, itself read whole too.
-    fn may_launch(&self, d: &Discipline) -> bool {
-        d.in_flight.is_empty() || (d.in_flight.iter().all(|f| f.whole) && self.would_be_whole())
     }
 
     /// Whether a handle sent now would have at most [`PIPELINE_BYTES`]
@@ -145,8 +146,7 @@ impl NodeChannel {
         before.saturating_add(self.handoff_frame.len()) <= PIPELINE_BYTES
     }
 
-    fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd) {
-        let whole = self.would_be_whole();
+    fn launch(&self, d: &mut Discipline, id: u64, fd: OwnedFd, whole: bool) {
         let fd = Rc::new(fd);
         self.link.send(self.handoff_frame.clone(), Some(fd.clone()));
         d.in_flight.push_back(InFlight { id, fd, retransmissions: 0, sent: Instant::now(), whole });
@@ -154,7 +154,7 @@ impl NodeChannel {
     }
 
     /// Sends what was held, in order, as far as the discipline lets it:
-    /// frames once no handle is in flight, handles as [`Self::may_launch`].
+    /// frames once no handle is in flight, handles as [`may_launch`].
     fn release(&self, d: &mut Discipline) {
         loop {
             match d.held.front() {
@@ -163,11 +163,15 @@ impl NodeChannel {
                     d.held_bytes -= f.len();
                     self.link.send_soon(f);
                 }
-                Some(Held::Handle { .. }) if self.may_launch(d) => {
+                Some(Held::Handle { .. }) => {
+                    let whole = self.would_be_whole();
+                    if !may_launch(d, whole) {
+                        return;
+                    }
                     let Some(Held::Handle { id, fd }) = d.held.pop_front() else {
                         unreachable!("a handle is in front")
                     };
-                    self.launch(d, id, fd);
+                    self.launch(d, id, fd, whole);
                 }
                 _ => return,
             }
