@@ -131,12 +131,13 @@ impl NodeChannel {
     /// Hands a connection to the child (`sticky:connection`).
     pub fn send_handle(&self, id: u64, fd: OwnedFd) {
         let mut d = self.discipline.borrow_mut();
-        let whole = self.would_be_whole();
-        if d.held.is_empty() && may_launch(&d, whole) {
-            self.launch(&mut d, id, fd, whole);
-        } else {
-            d.held.push_back(Held::Handle { id, fd });
+        if d.held.is_empty() {
+            let whole = self.would_be_whole();
+            if may_launch(&d, whole) {
+                return self.launch(&mut d, id, fd, whole);
+            }
         }
+        d.held.push_back(Held::Handle { id, fd });
     }
 
     /// Whether a handle sent now would have at most [`PIPELINE_BYTES`]
@@ -359,6 +360,27 @@ mod tests {
             assert_eq!(channel.acked(), Some(1));
             assert_eq!(child.next().await.1.map(|f| inode(&f)), Some(two.1), "then handle 2");
             assert_eq!(channel.acked(), Some(2));
+        });
+    }
+
+    #[test]
+    fn a_nacked_handle_is_sent_again_behind_the_others_and_goes_alone() {
+        crate::up::block_on(async {
+            let (channel, mut child) = pair();
+            let (one, two, three) = (a_socket_and_inode(), a_socket_and_inode(), a_socket_and_inode());
+            channel.send_handle(1, one.0);
+            channel.send_handle(2, two.0);
+            child.next().await;
+            child.next().await;
+            assert_eq!(channel.nacked(), None, "handle 1 NACKed: sent again");
+            assert_eq!(child.next().await.1.map(|f| inode(&f)), Some(one.1), "handle 1 again, behind handle 2");
+            channel.send_handle(3, three.0);
+            assert!(child.quiet().await, "nothing joins a resent handle");
+            assert_eq!(channel.acked(), Some(2), "Node answers in order: handle 2 first");
+            assert!(child.quiet().await, "handle 3 still waits for the resent one");
+            assert_eq!(channel.acked(), Some(1));
+            assert_eq!(child.next().await.1.map(|f| inode(&f)), Some(three.1));
+            assert_eq!(channel.acked(), Some(3));
         });
     }
 
