@@ -90,35 +90,47 @@ fn string_field(v: &Value, key: &str) -> Option<String> {
 }
 
 /// Classifies one payload (a frame without its length prefix).
+///
+/// Everything but Node's internal messages is classified by its top-level
+/// strings and numbers alone, so it is decoded as an outline
+/// ([`v8::decode_outline`]): a broadcast's packet is checked, not built.
 pub fn classify(payload: &[u8]) -> Result<FromChild, v8::DecodeError> {
-    let msg = v8::decode(payload)?;
+    classify_message(&v8::decode_outline(payload)?, || v8::decode(payload))
+}
+
+/// Classifies a message from its outline; `whole` decodes all of it, for
+/// the internal messages whose `seq` goes back to Node as it came.
+fn classify_message(
+    msg: &Value,
+    whole: impl FnOnce() -> Result<Value, v8::DecodeError>,
+) -> Result<FromChild, v8::DecodeError> {
     if let Some(cmd) = msg.get("cmd").and_then(Value::as_js_str) {
         let cmd = cmd.to_string_lossy();
         if cmd.len() > 5 && cmd.starts_with("NODE_") {
-            return Ok(classify_internal(&cmd, &msg));
+            return Ok(classify_internal(&cmd, &whole()?));
         }
     }
     let is_type = |t: &str| msg.get("type").and_then(Value::as_js_str).is_some_and(|s| s.eq_str(t));
-    if string_field(&msg, "source").as_deref() == Some(ADAPTER_SOURCE) {
+    if string_field(msg, "source").as_deref() == Some(ADAPTER_SOURCE) {
         let kind = msg.get("type").and_then(Value::as_f64);
-        let uid = string_field(&msg, "uid");
+        let uid = string_field(msg, "uid");
         if let (Some(kind), Some(uid)) = (kind, uid) {
             return Ok(FromChild::Adapter(AdapterHeader {
                 kind: kind as u32,
                 uid,
-                nsp: string_field(&msg, "nsp").unwrap_or_else(|| "/".into()),
-                requester_uid: string_field(&msg, "requesterUid"),
+                nsp: string_field(msg, "nsp").unwrap_or_else(|| "/".into()),
+                requester_uid: string_field(msg, "requesterUid"),
             }));
         }
     }
-    let sid = string_field(&msg, "data");
+    let sid = string_field(msg, "data");
     Ok(match sid {
         Some(sid) if is_type("sticky:connection") => FromChild::SessionOpened(sid),
         Some(sid) if is_type("sticky:disconnection") => FromChild::SessionClosed(sid),
         _ if is_type(READY_TYPE) => FromChild::Ready,
         _ if is_type(SESSIONS_TYPE) => {
             let sids = |key| {
-                string_field(&msg, key)
+                string_field(msg, key)
                     .map_or_else(Vec::new, |s| s.split_ascii_whitespace().map(str::to_owned).collect())
             };
             FromChild::Sessions { opened: sids("opened"), closed: sids("closed") }
@@ -215,6 +227,7 @@ pub fn adapter_close_frame(uid: &str, nsp: &str) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn payload(v: Value) -> Vec<u8> {
         v8::encode_frame(&v)[4..].to_vec()
@@ -268,6 +281,48 @@ mod tests {
         assert_eq!(classify(&p).unwrap(), FromChild::App);
         let p = payload(Value::str("ready"));
         assert_eq!(classify(&p).unwrap(), FromChild::App);
+    }
+
+    fn arb_field() -> impl Strategy<Value = Value> {
+        let text = prop_oneof![
+            Just("NODE_CLUSTER"),
+            Just("NODE_HANDLE_ACK"),
+            Just("queryServer"),
+            Just(ADAPTER_SOURCE),
+            Just("sticky:connection"),
+            Just(SESSIONS_TYPE),
+            Just(READY_TYPE),
+            Just("/chat"),
+            Just("a1 b2"),
+        ];
+        let leaf = prop_oneof![
+            6 => text.prop_map(Value::str),
+            2 => any::<i32>().prop_map(Value::Int32),
+            1 => Just(Value::Null),
+            1 => proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::buffer),
+        ];
+        // Mostly what classify looks for; sometimes a nested object.
+        let nested = proptest::collection::vec(("[a-z]{1,3}", leaf.clone()), 0..3)
+            .prop_map(|props| Value::Object(props.into_iter().map(|(k, v)| (Value::str(&k), v)).collect()));
+        prop_oneof![4 => leaf, 1 => nested]
+    }
+
+    proptest! {
+        /// The outline classifies every message as the whole of it does.
+        #[test]
+        fn classifying_the_outline_is_classifying_the_message(
+            fields in proptest::collection::vec((
+                prop_oneof![
+                    Just("cmd"), Just("type"), Just("source"), Just("uid"), Just("nsp"), Just("requesterUid"),
+                    Just("data"), Just("opened"), Just("closed"), Just("act"), Just("seq"), Just("port"),
+                ],
+                arb_field(),
+            ), 0..8),
+        ) {
+            let p = payload(Value::object(fields.iter().map(|(k, v)| (*k, v.clone()))));
+            let whole = v8::decode(&p).unwrap();
+            prop_assert_eq!(classify(&p).unwrap(), classify_message(&whole, || v8::decode(&p)).unwrap());
+        }
     }
 
     #[test]

@@ -62,6 +62,8 @@ impl JsString {
     /// The text, with lone surrogates replaced by U+FFFD.
     pub fn to_string_lossy(&self) -> String {
         match self {
+            // Sids, uids and namespaces are ASCII: copied, not re-encoded.
+            JsString::Latin1(b) if b.is_ascii() => String::from_utf8(b.clone()).expect("ASCII is UTF-8"),
             JsString::Latin1(b) => b.iter().map(|&c| c as char).collect(),
             JsString::Utf16(u) => String::from_utf16_lossy(u),
             JsString::Utf8(t) => t.clone(),
@@ -243,7 +245,24 @@ impl std::error::Error for DecodeError {}
 /// Decodes one serialized payload (header + one value, without Node's
 /// 4-byte length prefix).
 pub fn decode(payload: &[u8]) -> Result<Value, DecodeError> {
-    let mut d = Decoder { input: payload, pos: 0, next_id: 0, depth: 0 };
+    decode_to_depth(payload, u32::MAX)
+}
+
+/// Decodes one payload's *outline*: the value and, if it is a container,
+/// its own entries, with the containers among them left empty and anything
+/// deeper (strings, bytes) empty too. The whole payload is read and checked
+/// as [`decode`] checks it (same errors, same object ids), but nothing below
+/// the second level is built: a cluster-adapter frame's packet, which the
+/// agent relays byte for byte and only needs the top-level `type`, `uid`,
+/// `nsp`, `source` and `requesterUid` of, costs no allocation.
+pub fn decode_outline(payload: &[u8]) -> Result<Value, DecodeError> {
+    decode_to_depth(payload, 2)
+}
+
+/// Decodes a payload, building values down to `build_depth` (the payload's
+/// value is at depth 1).
+fn decode_to_depth(payload: &[u8], build_depth: u32) -> Result<Value, DecodeError> {
+    let mut d = Decoder { input: payload, pos: 0, next_id: 0, depth: 0, build_depth };
     d.header()?;
     let v = d.value()?;
     // V8 pads the buffer; Node's reader ignores what follows the value.
@@ -257,7 +276,10 @@ struct Decoder<'a> {
     input: &'a [u8],
     pos: usize,
     next_id: u32,
+    /// Depth of the value being read: 1 for the payload's value.
     depth: u32,
+    /// Values deeper than this are read and checked, not built.
+    build_depth: u32,
 }
 
 impl<'a> Decoder<'a> {
@@ -336,6 +358,22 @@ impl<'a> Decoder<'a> {
         claimed.min(left.min(MAX_PREALLOC_BYTES) / std::mem::size_of::<T>())
     }
 
+    /// Whether the value being read is built.
+    fn builds(&self) -> bool {
+        self.depth <= self.build_depth
+    }
+
+    /// Whether the entries of the container being read are built.
+    fn builds_entries(&self) -> bool {
+        self.depth < self.build_depth
+    }
+
+    /// `n` bytes, copied if the value being read is built.
+    fn owned_bytes(&mut self, n: usize) -> Result<Vec<u8>, DecodeError> {
+        let raw = self.bytes(n)?;
+        Ok(if self.builds() { raw.to_vec() } else { Vec::new() })
+    }
+
     fn new_id(&mut self) -> u32 {
         let id = self.next_id;
         self.next_id += 1;
@@ -344,15 +382,21 @@ impl<'a> Decoder<'a> {
 
     fn string_body(&mut self, tag: u8) -> Result<JsString, DecodeError> {
         let raw = self.len_prefixed()?;
+        let builds = self.builds();
         Ok(match tag {
-            b'"' => JsString::Latin1(raw.to_vec()),
-            b'c' => {
-                if raw.len() % 2 != 0 {
-                    return Err(DecodeError::Malformed("two-byte string"));
+            b'"' if builds => JsString::Latin1(raw.to_vec()),
+            b'c' if raw.len() % 2 != 0 => return Err(DecodeError::Malformed("two-byte string")),
+            b'c' if builds => JsString::Utf16(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect()),
+            // Not built: every kind of string is left as the empty one.
+            b'"' | b'c' => JsString::Latin1(Vec::new()),
+            _ => {
+                let text = std::str::from_utf8(raw).map_err(|_| DecodeError::Malformed("UTF-8 string"))?;
+                if builds {
+                    JsString::Utf8(text.to_owned())
+                } else {
+                    JsString::Latin1(Vec::new())
                 }
-                JsString::Utf16(raw.chunks_exact(2).map(|c| u16::from_le_bytes([c[0], c[1]])).collect())
             }
-            _ => JsString::Utf8(String::from_utf8(raw.to_vec()).map_err(|_| DecodeError::Malformed("UTF-8 string"))?),
         })
     }
 
@@ -366,7 +410,7 @@ impl<'a> Decoder<'a> {
 
     fn bigint_body(&mut self) -> Result<(bool, Vec<u8>), DecodeError> {
         let bitfield = self.varint32()?;
-        let digits = self.bytes((bitfield >> 1) as usize)?.to_vec();
+        let digits = self.owned_bytes((bitfield >> 1) as usize)?;
         Ok((bitfield & 1 == 1, digits))
     }
 
@@ -376,7 +420,9 @@ impl<'a> Decoder<'a> {
         while self.peek_tag()? != end {
             let k = self.value()?;
             let v = self.value()?;
-            props.push((k, v));
+            if self.builds_entries() {
+                props.push((k, v));
+            }
         }
         self.pos += 1;
         Ok(props)
@@ -436,13 +482,17 @@ impl<'a> Decoder<'a> {
             b'A' => {
                 self.new_id();
                 let len = self.varint32()? as usize;
-                let mut elements = Vec::with_capacity(self.capacity_for::<Option<Value>>(len));
+                let builds = self.builds_entries();
+                let mut elements = Vec::with_capacity(if builds { self.capacity_for::<Option<Value>>(len) } else { 0 });
                 for _ in 0..len {
-                    if self.peek_tag()? == b'-' {
+                    let element = if self.peek_tag()? == b'-' {
                         self.pos += 1;
-                        elements.push(None);
+                        None
                     } else {
-                        elements.push(Some(self.value()?));
+                        Some(self.value()?)
+                    };
+                    if builds {
+                        elements.push(element);
                     }
                 }
                 let properties = self.properties(b'$')?;
@@ -490,7 +540,9 @@ impl<'a> Decoder<'a> {
                 while self.peek_tag()? != b':' {
                     let k = self.value()?;
                     let v = self.value()?;
-                    entries.push((k, v));
+                    if self.builds_entries() {
+                        entries.push((k, v));
+                    }
                 }
                 self.pos += 1;
                 self.varint32()?;
@@ -500,7 +552,10 @@ impl<'a> Decoder<'a> {
                 self.new_id();
                 let mut items = Vec::new();
                 while self.peek_tag()? != b',' {
-                    items.push(self.value()?);
+                    let item = self.value()?;
+                    if self.builds_entries() {
+                        items.push(item);
+                    }
                 }
                 self.pos += 1;
                 self.varint32()?;
@@ -510,7 +565,7 @@ impl<'a> Decoder<'a> {
                 self.new_id();
                 let len = self.varint32()? as usize;
                 let max_byte_length = if tag == b'~' { Some(self.varint32()?) } else { None };
-                let bytes = self.bytes(len)?.to_vec();
+                let bytes = self.owned_bytes(len)?;
                 let buffer = match max_byte_length {
                     Some(max_byte_length) => Value::ResizableArrayBuffer { bytes, max_byte_length },
                     None => Value::ArrayBuffer(bytes),
@@ -522,7 +577,8 @@ impl<'a> Decoder<'a> {
                 match self.varint32()? {
                     0 => {
                         let view_type = self.varint32()?;
-                        let bytes = self.len_prefixed()?.to_vec();
+                        let len = self.varint32()? as usize;
+                        let bytes = self.owned_bytes(len)?;
                         Value::NodeView { view_type, bytes }
                     }
                     1 => Value::NodeHostValue(Box::new(self.value()?)),
@@ -935,7 +991,79 @@ mod tests {
         })
     }
 
+    /// What [`decode_outline`] gives for `v` found at `depth`: the spec its
+    /// property test holds the decoder to.
+    fn outlined(v: &Value, depth: u32) -> Value {
+        let builds = depth <= 2;
+        let entries = |n: usize| if depth < 2 { n } else { 0 };
+        let pair = |(k, v): &(Value, Value)| (outlined(k, depth + 1), outlined(v, depth + 1));
+        match v {
+            Value::String(_) if !builds => Value::String(JsString::Latin1(vec![])),
+            Value::NodeView { view_type, .. } if !builds => Value::NodeView { view_type: *view_type, bytes: vec![] },
+            Value::BigInt { negative, .. } if !builds => Value::BigInt { negative: *negative, digits: vec![] },
+            Value::Object(props) => Value::Object(props.iter().take(entries(props.len())).map(pair).collect()),
+            Value::Map(e) => Value::Map(e.iter().take(entries(e.len())).map(pair).collect()),
+            Value::Set(items) => {
+                Value::Set(items.iter().take(entries(items.len())).map(|i| outlined(i, depth + 1)).collect())
+            }
+            Value::Array { elements, properties } => Value::Array {
+                elements: elements
+                    .iter()
+                    .take(entries(elements.len()))
+                    .map(|e| e.as_ref().map(|e| outlined(e, depth + 1)))
+                    .collect(),
+                properties: properties.iter().take(entries(properties.len())).map(pair).collect(),
+            },
+            Value::NodeHostValue(inner) => Value::NodeHostValue(Box::new(outlined(inner, depth + 1))),
+            other => other.clone(),
+        }
+    }
+
+    #[test]
+    fn an_outline_builds_nothing_below_the_top_level_entries() {
+        // An adapter broadcast: small routing fields after a large packet.
+        let packet = Value::Array {
+            elements: (0..1000).map(|i| Some(Value::object([("text", Value::str(&format!("message {i}")))]))).collect(),
+            properties: vec![],
+        };
+        let msg = Value::object([
+            ("type", Value::Int32(3)),
+            ("data", Value::object([("packet", packet), ("opts", Value::buffer(vec![7; 1 << 16]))])),
+            ("uid", Value::str("abc123")),
+            ("nsp", Value::str("/")),
+            ("source", Value::str("_sio_adapter")),
+        ]);
+        let f = encode_frame(&msg);
+        let whole = allocated_by(|| decode(payload(&f)).unwrap());
+        let outline = allocated_by(|| {
+            let o = decode_outline(payload(&f)).unwrap();
+            assert!(o.get("uid").unwrap().as_js_str().unwrap().eq_str("abc123"));
+            assert_eq!(o.get("data"), Some(&Value::Object(vec![])));
+        });
+        assert!(whole > 1 << 16, "the whole decode allocated {whole} bytes");
+        assert!(outline < 1 << 10, "the outline allocated {outline} bytes");
+    }
+
     proptest! {
+        #[test]
+        fn an_outline_is_the_value_down_to_its_top_level_entries(v in arb_value()) {
+            let f = encode_frame(&v);
+            prop_assert_eq!(decode_outline(payload(&f)).unwrap(), outlined(&v, 1));
+        }
+
+        #[test]
+        fn an_outline_refuses_what_decode_refuses(
+            mut bytes in proptest::collection::vec(any::<u8>(), 0..256),
+            v in arb_value(),
+            cut in 0usize..64,
+        ) {
+            bytes.splice(0..0, [0xFF, 0x0F]);
+            prop_assert_eq!(decode_outline(&bytes).err(), decode(&bytes).err());
+            let f = encode_frame(&v);
+            let cut = &payload(&f)[..cut.min(f.len() - 4)];
+            prop_assert_eq!(decode_outline(cut).err(), decode(cut).err());
+        }
+
         #[test]
         fn encode_then_decode_is_identity(v in arb_value()) {
             let f = encode_frame(&v);
