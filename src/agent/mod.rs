@@ -23,14 +23,14 @@ use crate::config::AppConfig;
 use crate::handoff::{is_disconnect, Bytes, FrameReader, Link, OwnedLink, Prefix};
 use crate::logging::RateLimit;
 use crate::master::connect_bus;
-use crate::nodeipc::{self, channel::ChildEnd, channel::NodeChannel, FromChild};
+use crate::nodeipc::{self, channel::ChildEnd, channel::NodeChannel, Adapters, FromChild};
 use crate::shutdown::termination_signal;
 use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION, PROTOCOL_VERSION};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use relay::{Delivered, Unacked};
 use std::cell::RefCell;
-use std::collections::{BTreeSet, HashSet};
+use std::collections::HashSet;
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::rc::Rc;
@@ -67,7 +67,7 @@ impl Exit {
 struct Held {
     ready: bool,
     sessions: HashSet<String>,
-    adapters: BTreeSet<(String, String)>,
+    adapters: Adapters,
     master: Option<Rc<Link>>,
     /// The bus protocol spoken with `master`.
     version: u16,
@@ -117,7 +117,7 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
     let held = Held {
         ready: false,
         sessions: HashSet::new(),
-        adapters: BTreeSet::new(),
+        adapters: Adapters::default(),
         master: None,
         version: 0,
         unacked: Unacked::new(cfg.limits.bus_queue_bytes),
@@ -361,11 +361,10 @@ impl Agent {
             FromChild::Adapter(header) => {
                 {
                     let mut held = self.held.borrow_mut();
-                    let key = (header.uid.clone(), header.nsp.clone());
                     if header.kind == nodeipc::ADAPTER_CLOSE {
-                        held.adapters.remove(&key);
+                        held.adapters.closed(&header.uid, &header.nsp);
                     } else {
-                        held.adapters.insert(key);
+                        held.adapters.seen(&header.uid, &header.nsp);
                     }
                 }
                 self.to_master(ToMaster::Adapter { header, frame: frame.expect("adapter frames are kept") });
@@ -500,8 +499,8 @@ impl Agent {
     fn attach(&self, link: &Rc<Link>, version: u16) {
         let mut held = self.held.borrow_mut();
         let mut replay = Vec::new();
-        for (uid, nsp) in &held.adapters {
-            ToMaster::AdapterSeen { uid: uid.clone(), nsp: nsp.clone() }.encode(&mut replay);
+        for (uid, nsp) in held.adapters.iter() {
+            ToMaster::AdapterSeen { uid: uid.to_owned(), nsp: nsp.to_owned() }.encode(&mut replay);
         }
         for sid in &held.sessions {
             ToMaster::SessionOpened(sid.clone()).encode(&mut replay);

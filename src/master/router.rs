@@ -23,10 +23,10 @@
 use crate::balance::{Balancer, Load};
 pub use crate::control::WorkerState;
 use crate::http_head::Head;
-use crate::nodeipc::AdapterHeader;
+use crate::nodeipc::{AdapterHeader, Adapters};
 use crate::sid;
 use serde::Serialize;
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -34,12 +34,12 @@ struct Worker {
     state: WorkerState,
     load: Load,
     /// `(uid, nsp)` of every cluster-adapter instance seen from it.
-    adapters: BTreeSet<(String, String)>,
+    adapters: Adapters,
 }
 
 impl Worker {
     fn new(state: WorkerState) -> Worker {
-        Worker { state, load: Load::default(), adapters: BTreeSet::new() }
+        Worker { state, load: Load::default(), adapters: Adapters::default() }
     }
 }
 
@@ -157,7 +157,7 @@ impl Router {
         }
         self.foreign_sids.retain(|_, s| *s != slot);
         self.uid_owner.retain(|_, s| *s != slot);
-        adapters.into_iter().collect()
+        adapters.iter().map(|(uid, nsp)| (uid.to_owned(), nsp.to_owned())).collect()
     }
 
     pub fn state(&self, slot: u16) -> Option<WorkerState> {
@@ -238,9 +238,9 @@ impl Router {
     /// seen with a uid keeps it (another cannot take its responses over).
     pub fn adapter_seen(&mut self, slot: u16, uid: &str, nsp: &str) {
         if let Some(w) = self.workers.get_mut(&slot) {
-            if !w.adapters.contains(&(uid.to_owned(), nsp.to_owned())) {
-                w.adapters.insert((uid.to_owned(), nsp.to_owned()));
-                self.uid_owner.entry(uid.to_owned()).or_insert(slot);
+            w.adapters.seen(uid, nsp);
+            if !self.uid_owner.contains_key(uid) {
+                self.uid_owner.insert(uid.to_owned(), slot);
             }
         }
     }
@@ -251,8 +251,8 @@ impl Router {
         let Some(w) = self.workers.get_mut(&slot) else {
             return;
         };
-        w.adapters.remove(&(uid.to_owned(), nsp.to_owned()));
-        if !w.adapters.iter().any(|(u, _)| u == uid) && self.uid_owner.get(uid) == Some(&slot) {
+        w.adapters.closed(uid, nsp);
+        if !w.adapters.has_uid(uid) && self.uid_owner.get(uid) == Some(&slot) {
             self.uid_owner.remove(uid);
         }
     }
@@ -278,7 +278,7 @@ impl Router {
     /// How many workers a frame to every worker reaches that run an
     /// adapter for `nsp` (those answer a request).
     pub fn adapters_on(&self, nsp: &str) -> usize {
-        let serving = |w: &&Worker| w.state != WorkerState::Starting && w.adapters.iter().any(|(_, n)| n == nsp);
+        let serving = |w: &&Worker| w.state != WorkerState::Starting && w.adapters.serves(nsp);
         self.workers.values().filter(serving).count()
     }
 

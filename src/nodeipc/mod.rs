@@ -14,6 +14,7 @@
 pub mod channel;
 pub mod v8;
 
+use std::collections::{BTreeMap, BTreeSet};
 use v8::Value;
 
 /// `source` of every cluster-adapter message.
@@ -42,6 +43,52 @@ impl AdapterHeader {
     /// client counts and acks (11 and 12), send only to the requester.
     pub fn is_response(&self) -> bool {
         matches!(self.kind, 8 | 10 | 11 | 12) && self.requester_uid.is_some()
+    }
+}
+
+/// The cluster-adapter instances seen from a worker, by `uid` then `nsp`.
+/// Every broadcast names its adapter: looking it up borrows the header's
+/// strings, and only an adapter seen for the first time is copied.
+#[derive(Debug, Default)]
+pub struct Adapters(BTreeMap<String, BTreeSet<String>>);
+
+impl Adapters {
+    /// Records an adapter (no-op if known).
+    pub fn seen(&mut self, uid: &str, nsp: &str) {
+        match self.0.get_mut(uid) {
+            Some(nsps) if nsps.contains(nsp) => {}
+            Some(nsps) => {
+                nsps.insert(nsp.to_owned());
+            }
+            None => {
+                self.0.insert(uid.to_owned(), BTreeSet::from([nsp.to_owned()]));
+            }
+        }
+    }
+
+    /// Forgets an adapter (`ADAPTER_CLOSE`).
+    pub fn closed(&mut self, uid: &str, nsp: &str) {
+        if let Some(nsps) = self.0.get_mut(uid) {
+            nsps.remove(nsp);
+            if nsps.is_empty() {
+                self.0.remove(uid);
+            }
+        }
+    }
+
+    /// Whether an adapter of this `uid` is open (on any namespace).
+    pub fn has_uid(&self, uid: &str) -> bool {
+        self.0.contains_key(uid)
+    }
+
+    /// Whether an adapter serves `nsp`.
+    pub fn serves(&self, nsp: &str) -> bool {
+        self.0.values().any(|nsps| nsps.contains(nsp))
+    }
+
+    /// `(uid, nsp)` of each adapter, in order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.0.iter().flat_map(|(uid, nsps)| nsps.iter().map(move |nsp| (uid.as_str(), nsp.as_str())))
     }
 }
 
@@ -323,6 +370,24 @@ mod tests {
             let whole = v8::decode(&p).unwrap();
             prop_assert_eq!(classify(&p).unwrap(), classify_message(&whole, || v8::decode(&p)).unwrap());
         }
+    }
+
+    #[test]
+    fn adapters_are_kept_by_uid_and_namespace() {
+        let mut a = Adapters::default();
+        a.seen("u2", "/");
+        a.seen("u1", "/chat");
+        a.seen("u1", "/");
+        a.seen("u1", "/chat");
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("u1", "/"), ("u1", "/chat"), ("u2", "/")]);
+        assert!(a.serves("/chat") && !a.serves("/admin"));
+        a.closed("u1", "/chat");
+        assert!(!a.serves("/chat"));
+        assert!(a.has_uid("u1"), "u1 still serves /");
+        a.closed("u1", "/");
+        a.closed("u9", "/");
+        assert!(!a.has_uid("u1"));
+        assert_eq!(a.iter().collect::<Vec<_>>(), [("u2", "/")]);
     }
 
     #[test]
