@@ -146,7 +146,7 @@ pub fn classify(payload: &[u8]) -> Result<FromChild, v8::DecodeError> {
 }
 
 /// Classifies a message from its outline; `whole` decodes all of it, for
-/// the internal messages whose `seq` goes back to Node as it came.
+/// `NODE_CLUSTER`, whose `seq` goes back to Node as it came.
 fn classify_message(
     msg: &Value,
     whole: impl FnOnce() -> Result<Value, v8::DecodeError>,
@@ -154,7 +154,7 @@ fn classify_message(
     if let Some(cmd) = msg.get("cmd").and_then(Value::as_js_str) {
         let cmd = cmd.to_string_lossy();
         if cmd.len() > 5 && cmd.starts_with("NODE_") {
-            return Ok(classify_internal(&cmd, &whole()?));
+            return classify_internal(&cmd, whole);
         }
     }
     let is_type = |t: &str| msg.get("type").and_then(Value::as_js_str).is_some_and(|s| s.eq_str(t));
@@ -186,12 +186,16 @@ fn classify_message(
     })
 }
 
-fn classify_internal(cmd: &str, msg: &Value) -> FromChild {
-    match cmd {
+fn classify_internal(
+    cmd: &str,
+    whole: impl FnOnce() -> Result<Value, v8::DecodeError>,
+) -> Result<FromChild, v8::DecodeError> {
+    Ok(match cmd {
         "NODE_HANDLE_ACK" => FromChild::HandleAck,
         "NODE_HANDLE_NACK" => FromChild::HandleNack,
         "NODE_HANDLE" => FromChild::Handle,
         "NODE_CLUSTER" => {
+            let msg = &whole()?;
             let seq = msg.get("seq").cloned().unwrap_or(Value::Undefined);
             match string_field(msg, "act").as_deref() {
                 Some("queryServer") => FromChild::QueryServer {
@@ -205,7 +209,7 @@ fn classify_internal(cmd: &str, msg: &Value) -> FromChild {
             }
         }
         other => FromChild::OtherInternal(other.to_owned()),
-    }
+    })
 }
 
 /// The envelope that hands a connection to sticky's `setupWorker`:
