@@ -74,12 +74,6 @@ pub struct NodeChannel {
     handoff_frame: Bytes,
 }
 
-/// Whether a handle (`whole`: see [`InFlight::whole`]) may go now: alone,
-/// or read whole joining handles that are all read whole.
-fn may_launch(d: &Discipline, whole: bool) -> bool {
-    d.in_flight.is_empty() || (whole && d.in_flight.iter().all(|f| f.whole))
-}
-
 /// The child's end, to be inherited as `NODE_CHANNEL_FD`.
 pub struct ChildEnd(OwnedFd);
 
@@ -132,12 +126,22 @@ impl NodeChannel {
     pub fn send_handle(&self, id: u64, fd: OwnedFd) {
         let mut d = self.discipline.borrow_mut();
         if d.held.is_empty() {
-            let whole = self.would_be_whole();
-            if may_launch(&d, whole) {
+            if let Some(whole) = self.may_launch(&d) {
                 return self.launch(&mut d, id, fd, whole);
             }
         }
         d.held.push_back(Held::Handle { id, fd });
+    }
+
+    /// Whether a handle may go now: alone, or read whole joining handles
+    /// that are all read whole. If it may, whether it is read whole (see
+    /// [`InFlight::whole`]); `SIOCOUTQ` is asked only when that can matter.
+    fn may_launch(&self, d: &Discipline) -> Option<bool> {
+        if d.in_flight.iter().any(|f| !f.whole) {
+            return None;
+        }
+        let whole = self.would_be_whole();
+        (whole || d.in_flight.is_empty()).then_some(whole)
     }
 
     /// Whether a handle sent now would have at most [`PIPELINE_BYTES`]
@@ -155,7 +159,7 @@ impl NodeChannel {
     }
 
     /// Sends what was held, in order, as far as the discipline lets it:
-    /// frames once no handle is in flight, handles as [`may_launch`].
+    /// frames once no handle is in flight, handles as [`Self::may_launch`].
     fn release(&self, d: &mut Discipline) {
         loop {
             match d.held.front() {
@@ -165,10 +169,9 @@ impl NodeChannel {
                     self.link.send_soon(f);
                 }
                 Some(Held::Handle { .. }) => {
-                    let whole = self.would_be_whole();
-                    if !may_launch(d, whole) {
+                    let Some(whole) = self.may_launch(d) else {
                         return;
-                    }
+                    };
                     let Some(Held::Handle { id, fd }) = d.held.pop_front() else {
                         unreachable!("a handle is in front")
                     };
