@@ -1,5 +1,6 @@
 //! sio's benchmark: the same `bench/node/worker.js` under sio, under
-//! `@socket.io/pm2`, under Node's cluster with `@socket.io/sticky`, and alone,
+//! `@socket.io/pm2`, under Node's cluster with `@socket.io/sticky`, alone, and
+//! as two cluster workers accepting on one shared socket with no router,
 //! plus the raw floor of a router that peeks and passes descriptors; every
 //! workload against each in turn, interleaved over rounds, medians of the
 //! rounds printed side by side with the ratios, and JSON. `bench/run` is the
@@ -26,7 +27,9 @@ use std::time::{Duration, Instant};
 use target::{Across, Kind, Paths, Router, Target};
 
 #[derive(Parser)]
-#[command(about = "sio side by side with @socket.io/pm2, cluster + @socket.io/sticky, one Node, and the raw floor")]
+#[command(
+    about = "sio side by side with @socket.io/pm2, cluster + @socket.io/sticky, one Node, two Node workers on a shared socket, and the raw floor"
+)]
 struct Args {
     /// Interleaved rounds; figures are the rounds' medians.
     #[arg(long, default_value_t = 3)]
@@ -34,8 +37,9 @@ struct Args {
     /// Targets, in the order they run in each round. The cross-host ones,
     /// `bridge` and `app-redis`, are two sio hosts on a redis-server and run
     /// only the `hosts` workload; `sio-baseline` is sio run from the
-    /// `--baseline` binary.
-    #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,floor,bridge,app-redis")]
+    /// `--baseline` binary; `shared` is two Node workers on one shared
+    /// socket with no router (websocket workloads only).
+    #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,shared,floor,bridge,app-redis")]
     targets: Vec<String>,
     /// Seconds of each saturation window.
     #[arg(long, default_value_t = 10)]
@@ -411,7 +415,7 @@ async fn run_target(args: &Args, report: &mut Report, target: &mut Target) -> Re
             "sessions" => {
                 saturation(args, report, target, "websocket sessions", move || client::ws_session(addr)).await
             }
-            "polling" => {
+            "polling" if target.kind.sticky() => {
                 saturation(args, report, target, "polling then upgrade", move || client::polling_session(addr)).await
             }
             "moderate" => moderate_rate(args, report, target).await,
@@ -420,7 +424,7 @@ async fn run_target(args: &Args, report: &mut Report, target: &mut Target) -> Re
             "relay" => relay(args, report, target).await?,
             "memory" => memory(args, report, target).await?,
             "kill" if target.kind.workers() > 1 => worker_killed(args, report, target).await?,
-            "kill" | "hosts" => {}
+            "kill" | "hosts" | "polling" => {}
             other => return Err(format!("unknown workload {other:?}")),
         }
     }

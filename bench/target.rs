@@ -21,10 +21,14 @@ pub enum Kind {
     Sticky,
     /// One Node process, no router.
     Node,
+    /// Node's `cluster`, 2 workers accepting on one shared socket, no
+    /// router: what two workers cost on the machine. Websocket only
+    /// (nothing keeps a long-polling session on its worker).
+    Shared,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 5] = [Kind::Sio, Kind::SioBaseline, Kind::Pm2, Kind::Sticky, Kind::Node];
+    pub const ALL: [Kind; 6] = [Kind::Sio, Kind::SioBaseline, Kind::Pm2, Kind::Sticky, Kind::Node, Kind::Shared];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -33,7 +37,14 @@ impl Kind {
             Kind::Pm2 => "pm2",
             Kind::Sticky => "sticky",
             Kind::Node => "node",
+            Kind::Shared => "shared",
         }
+    }
+
+    /// Whether every request of a session reaches its worker (long-polling
+    /// works).
+    pub fn sticky(self) -> bool {
+        self != Kind::Shared
     }
 
     pub fn workers(self) -> usize {
@@ -130,6 +141,11 @@ impl Target {
                 c.arg(paths.node_dir.join("cluster-sticky.js")).env("WORKERS", "2");
                 c
             }
+            Kind::Shared => {
+                let mut c = Command::new("node");
+                c.arg(paths.node_dir.join("cluster-shared.js")).env("WORKERS", "2");
+                c
+            }
             Kind::Node => {
                 let mut c = Command::new("node");
                 c.arg(&worker);
@@ -192,7 +208,7 @@ impl Target {
             Kind::Sio | Kind::SioBaseline => {
                 table.children(self.root()).into_iter().flat_map(|agent| table.children(agent)).collect()
             }
-            Kind::Pm2 | Kind::Sticky => table.children(self.root()),
+            Kind::Pm2 | Kind::Sticky | Kind::Shared => table.children(self.root()),
         }
     }
 
@@ -205,6 +221,9 @@ impl Target {
                 .collect(),
             Kind::Pm2 => vec![Router { role: "God".into(), pid: self.root() }],
             Kind::Sticky => vec![Router { role: "primary".into(), pid: self.root() }],
+            // Its primary relays broadcasts (cluster-adapter's setupPrimary)
+            // but routes no connection.
+            Kind::Shared => vec![Router { role: "primary".into(), pid: self.root() }],
         }
     }
 

@@ -8,6 +8,8 @@
 // With REDIS_URL (under sio) it takes @socket.io/redis-streams-adapter
 // instead of the cluster adapter: the workers of two sio hosts reaching each
 // other through Redis themselves, the anchor of sio's host bridge.
+// With SHARED_LISTEN (cluster-shared.js) it listens itself, on the socket
+// Node's cluster shares between the workers: two workers, no router.
 const { createServer } = require("http");
 const { Server } = require("socket.io");
 const { createAdapter } = require("@socket.io/cluster-adapter");
@@ -33,6 +35,10 @@ if (process.send && process.env.REDIS_URL) {
       process.exit(1);
     }
   );
+} else if (process.send && process.env.SHARED_LISTEN) {
+  // cluster-shared.js: no router, the workers accept on one shared socket.
+  io.adapter(createAdapter());
+  httpServer.listen(Number(process.env.PORT), "127.0.0.1");
 } else if (process.send) {
   io.adapter(createAdapter());
   setupWorker(io);
