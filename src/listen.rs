@@ -102,6 +102,12 @@ impl Listeners {
         }
         for s in &sockets {
             defer_accept(s)?;
+            // As `NoDelay=yes` in `sio@.socket`, and as Node's own HTTP
+            // server sets on each socket it accepts: accepted sockets
+            // inherit it, so the worker's small writes (a polling answer
+            // written in pieces, a websocket frame) do not wait for the
+            // client's ACK of the last one.
+            nix::sys::socket::setsockopt(s, nix::sys::socket::sockopt::TcpNoDelay, &true)?;
         }
         for s in sockets.iter().chain(&metrics) {
             s.set_nonblocking(true)?;
@@ -137,5 +143,32 @@ fn defer_accept(l: &TcpListener) -> io::Result<()> {
         Ok(())
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{getsockopt, sockopt};
+
+    #[test]
+    fn a_connection_accepted_from_a_socket_of_the_config_is_nodelay() {
+        // Under `sio up` the master binds the config's addresses itself;
+        // it must give them what `sio@.socket` gives systemd's.
+        let dir = std::env::temp_dir().join(format!("sio-listen-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("nodelay.json");
+        std::fs::write(&path, r#"{"command": ["node", "worker.js"], "listen": ["127.0.0.1:0"]}"#).unwrap();
+        let cfg = AppConfig::load(&path).unwrap();
+        std::fs::remove_dir_all(&dir).unwrap();
+        let listeners = Listeners::open(&cfg).unwrap();
+        let addr = listeners.addresses()[0];
+        let client = std::net::TcpStream::connect(addr).unwrap();
+        // TCP_DEFER_ACCEPT holds the connection until it speaks.
+        std::io::Write::write_all(&mut &client, b"GET / HTTP/1.1\r\n\r\n").unwrap();
+        let listener = &listeners.sockets[0];
+        listener.set_nonblocking(false).unwrap();
+        let (accepted, _) = listener.accept().unwrap();
+        assert!(getsockopt(&accepted, sockopt::TcpNoDelay).unwrap(), "the worker would get a socket with Nagle on");
     }
 }
