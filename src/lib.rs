@@ -25,6 +25,7 @@
 //! * [`endpoints`]: where the bus and control sockets live, and whom to trust on them.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
 //! * [`heap`]: heap bytes in use, counted by the allocator.
+//! * [`sched`]: the router's processes under `SCHED_BATCH`, Node under the normal policy.
 
 pub mod agent;
 pub mod balance;
@@ -44,6 +45,7 @@ pub mod master;
 pub mod metrics;
 pub mod nodeipc;
 pub mod procfs;
+pub mod sched;
 pub mod shutdown;
 pub mod sid;
 pub mod systemd;

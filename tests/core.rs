@@ -79,6 +79,30 @@ fn a_worker_killed_with_sigkill() {
     app.wait_ready(2, std::time::Duration::from_secs(15));
 }
 
+/// A process's scheduling policy.
+fn policy_of(pid: u32) -> i32 {
+    // SAFETY: no pointers.
+    let p = unsafe { nix::libc::sched_getscheduler(pid as i32) };
+    assert!(p >= 0, "sched_getscheduler({pid}): {}", std::io::Error::last_os_error());
+    p
+}
+
+#[test]
+fn the_router_runs_under_sched_batch_and_node_under_the_default() {
+    // src/sched.rs: woken master and agents must not preempt a busy Node
+    // worker (they halved their CPU per session that way), and Node, which
+    // the agent starts, is given the default policy back.
+    let app = App::start(2);
+    assert_eq!(policy_of(app.pid()), nix::libc::SCHED_BATCH, "master");
+    for agent in agent_pids(&app.status()) {
+        let agent = agent.as_u64().unwrap() as u32;
+        assert_eq!(policy_of(agent), nix::libc::SCHED_BATCH, "agent {agent}");
+        let node = children_of(agent);
+        assert_eq!(node.len(), 1, "agent {agent}'s Node worker: {node:?}");
+        assert_eq!(policy_of(node[0]), nix::libc::SCHED_OTHER, "Node worker {}", node[0]);
+    }
+}
+
 #[test]
 fn sio_up_stops_every_process_it_started() {
     let mut app = App::start(2);

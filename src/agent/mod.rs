@@ -206,10 +206,12 @@ fn spawn_worker(
         Some(b) => cmd.env("SIO_NODE_OPTIONS", b),
         None => cmd.env_remove("SIO_NODE_OPTIONS"),
     };
-    // SAFETY: fcntl and prctl are async-signal-safe.
+    // SAFETY: fcntl, prctl and sched_setscheduler are async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
             ChildEnd::inherit_in_child(fd)?;
+            // The agent's SCHED_BATCH is for its own wake-ups.
+            crate::sched::default_policy_in_child()?;
             // The worker never outlives its agent.
             nix::sys::prctl::set_pdeathsig(Signal::SIGTERM).map_err(std::io::Error::from)
         });

@@ -44,6 +44,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return config_error(e),
             };
+            sio::sched::router_policy();
             match sio::up::block_on(sio::up::run(configs, Mode::Embedded)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -60,6 +61,7 @@ fn main() -> ExitCode {
                 Supervision::Auto if sio::systemd::notify::under_systemd() => Mode::Systemd,
                 Supervision::Auto => Mode::Embedded,
             };
+            sio::sched::router_policy();
             match sio::up::block_on(sio::up::run(vec![cfg], mode)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail(e),
@@ -87,6 +89,7 @@ fn main() -> ExitCode {
                 Ok(c) => return fail(format!("{} configures app {:?}, not {app:?}", c.path.display(), c.app)),
                 Err(code) => return code,
             };
+            sio::sched::router_policy();
             let exit = sio::up::block_on(sio::agent::run(cfg, slot));
             if let sio::agent::Exit::Failed(why) = &exit {
                 eprintln!("sio worker {instance}: {why}");

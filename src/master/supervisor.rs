@@ -196,9 +196,11 @@ impl Embedded {
             cmd.env("SIO_RUNTIME_DIR", &self.runtime_dir);
             // Agents die with the master, and a terminal's Ctrl-C reaches
             // only the master, which then stops them in order.
-            // SAFETY: prctl and setpgid are async-signal-safe.
+            // SAFETY: prctl, setpgid and sched_setscheduler are async-signal-safe.
             unsafe {
                 cmd.pre_exec(|| {
+                    // The agent chooses its policy itself, from the default.
+                    crate::sched::default_policy_in_child()?;
                     nix::sys::prctl::set_pdeathsig(Signal::SIGTERM)?;
                     nix::unistd::setpgid(Pid::from_raw(0), Pid::from_raw(0))?;
                     Ok(())
