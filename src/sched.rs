@@ -17,7 +17,9 @@
 //!
 //! Only the default policy is changed: a policy the operator chose (a
 //! unit's `CPUSchedulingPolicy=`, `chrt`) stays, and then Node keeps
-//! whatever it inherits, as it would have.
+//! whatever it inherits, as it would have. Under systemd the master's unit
+//! sets `SCHED_BATCH` itself: its system call filter refuses the master the
+//! call (`~@resources`), and the master starts no process there.
 
 use nix::libc;
 use std::sync::atomic::{AtomicBool, Ordering};

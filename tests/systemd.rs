@@ -82,6 +82,20 @@ fn socket_activation_starts_the_master_and_its_workers() {
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains(&format!("sio@{app}.service")) || logs.contains("master started"), "{logs}");
     assert!(logs.contains(&format!("sio-worker@{app}:1")), "{logs}");
+    // src/sched.rs under systemd: the master under SCHED_BATCH from its
+    // unit (its system call filter refuses it the call), each agent by
+    // itself, and Node under the default policy.
+    let policy = |pid: &str| String::from_utf8_lossy(&sb.exec(&["chrt", "-p", pid]).stdout).into_owned();
+    let status = sb.status(&app).unwrap();
+    let master = policy(&status["pid"].to_string());
+    assert!(master.contains("SCHED_BATCH"), "master: {master}");
+    for w in status["workers"].as_array().unwrap() {
+        let agent = w["pid"].to_string();
+        assert!(policy(&agent).contains("SCHED_BATCH"), "agent {agent}: {}", policy(&agent));
+        let children = String::from_utf8_lossy(&sb.exec(&["pgrep", "-P", &agent]).stdout).into_owned();
+        let node = children.lines().next().unwrap_or_else(|| panic!("agent {agent} has no Node worker"));
+        assert!(policy(node).contains("SCHED_OTHER"), "Node {node}: {}", policy(node));
+    }
 }
 
 #[test]
