@@ -11,6 +11,7 @@ process.env.NODE_CLUSTER_SCHED_POLICY = "none";
 const cluster = require("cluster");
 const path = require("path");
 const { setupPrimary } = require("@socket.io/cluster-adapter");
+const runWorkers = require("./primary");
 
 const workers = Number(process.env.WORKERS || 2);
 
@@ -20,32 +21,5 @@ cluster.setupPrimary({
   exec: path.join(__dirname, "worker.js"),
   serialization: "advanced",
 });
-const fork = () => cluster.fork({ SHARED_LISTEN: "1" });
 
-for (let i = 0; i < workers; i++) {
-  fork();
-}
-
-let stopping = false;
-cluster.on("exit", (worker) => {
-  if (stopping) {
-    if (Object.keys(cluster.workers).length === 0) process.exit(0);
-    return;
-  }
-  console.log(`Worker ${worker.process.pid} died`);
-  fork();
-});
-
-const stop = () => {
-  if (stopping) return;
-  stopping = true;
-  const alive = Object.values(cluster.workers);
-  if (alive.length === 0) process.exit(0);
-  for (const w of alive) w.process.kill("SIGTERM");
-  setTimeout(() => {
-    for (const w of Object.values(cluster.workers)) w.process.kill("SIGKILL");
-    process.exit(0);
-  }, 3000).unref();
-};
-process.on("SIGTERM", stop);
-process.on("SIGINT", stop);
+runWorkers(workers, () => cluster.fork({ SHARED_LISTEN: "1" }));

@@ -10,6 +10,7 @@ const http = require("http");
 const path = require("path");
 const { setupMaster } = require("@socket.io/sticky");
 const { setupPrimary } = require("@socket.io/cluster-adapter");
+const runWorkers = require("./primary");
 
 const port = Number(process.env.PORT);
 const workers = Number(process.env.WORKERS || 2);
@@ -29,31 +30,4 @@ cluster.setupPrimary({
 
 httpServer.listen(port, "127.0.0.1");
 
-for (let i = 0; i < workers; i++) {
-  cluster.fork();
-}
-
-let stopping = false;
-cluster.on("exit", (worker) => {
-  if (stopping) {
-    if (Object.keys(cluster.workers).length === 0) process.exit(0);
-    return;
-  }
-  console.log(`Worker ${worker.process.pid} died`);
-  cluster.fork();
-});
-
-const stop = () => {
-  if (stopping) return;
-  stopping = true;
-  httpServer.close();
-  const alive = Object.values(cluster.workers);
-  if (alive.length === 0) process.exit(0);
-  for (const w of alive) w.process.kill("SIGTERM");
-  setTimeout(() => {
-    for (const w of Object.values(cluster.workers)) w.process.kill("SIGKILL");
-    process.exit(0);
-  }, 3000).unref();
-};
-process.on("SIGTERM", stop);
-process.on("SIGINT", stop);
+runWorkers(workers, () => cluster.fork(), () => httpServer.close());
