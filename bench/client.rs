@@ -128,8 +128,23 @@ async fn close(mut ws: Ws) -> Result<(), Box<dyn std::error::Error>> {
 /// A websocket session: open, namespace CONNECT, close. Returns the time
 /// from the TCP connect to the CONNECT's answer.
 pub async fn ws_session(addr: SocketAddr) -> Result<Duration, SessionError> {
+    ws_session_timed(addr).await.map(|t| t.connected)
+}
+
+/// When a websocket session got its answers, from the TCP connect.
+pub struct WsTiming {
+    /// The upgrade's answer (`101`): the part of the session a router is
+    /// on the path of. What follows is between the client and Node alone.
+    pub upgraded: Duration,
+    /// The namespace CONNECT's answer.
+    pub connected: Duration,
+}
+
+/// [`ws_session`], with the upgrade's answer timed too.
+pub async fn ws_session_timed(addr: SocketAddr) -> Result<WsTiming, SessionError> {
     let t0 = Instant::now();
     let mut ws = step(Stage::Connect, ws_connect(addr, None)).await?;
+    let upgraded = t0.elapsed();
     let text = step(Stage::Open, next_packet(&mut ws)).await?;
     match eio::parse_packet(&text).map_err(at(Stage::Open))? {
         Packet::Open(_) => {}
@@ -139,7 +154,7 @@ pub async fn ws_session(addr: SocketAddr) -> Result<Duration, SessionError> {
     step(Stage::NamespaceConnect, until_connected(&mut ws)).await?;
     let connected = t0.elapsed();
     step(Stage::Close, close(ws)).await?;
-    Ok(connected)
+    Ok(WsTiming { upgraded, connected })
 }
 
 /// A long-polling session that upgrades to websocket, as socket.io-client

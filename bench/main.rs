@@ -483,8 +483,24 @@ fn record_outcome(report: &mut Report, workload: &'static str, name: &str, mut o
 async fn moderate_rate(args: &Args, report: &mut Report, target: &Target) {
     let (name, addr) = (target.kind.name(), target.addr);
     eprintln!("  {name}: {} websocket sessions at {}/s", args.moderate_sessions, args.rate);
-    let outcome = open_loop(args.rate, args.moderate_sessions, move || client::ws_session(addr)).await;
+    let upgrades = Rc::new(RefCell::new(Vec::new()));
+    let timed = upgrades.clone();
+    let outcome = open_loop(args.rate, args.moderate_sessions, move || {
+        let timed = timed.clone();
+        async move {
+            let timing = client::ws_session_timed(addr).await?;
+            timed.borrow_mut().push(timing.upgraded);
+            Ok(timing.connected)
+        }
+    })
+    .await;
     record_outcome(report, "moderate rate", name, outcome);
+    // Where the connect time goes: until the upgrade's answer (the router's
+    // part), and from there to the CONNECT's (Node's alone).
+    let mut upgrades = upgrades.take();
+    upgrades.sort();
+    report.record("moderate rate", "upgrade answered p50", "ms", name, percentile(&upgrades, 0.5));
+    report.record("moderate rate", "upgrade answered p99", "ms", name, percentile(&upgrades, 0.99));
 }
 
 async fn balance(args: &Args, report: &mut Report, target: &Target) -> Result<(), String> {
