@@ -36,8 +36,9 @@ fn bench_worker() -> (serde_json::Value, String) {
 /// `workers` workers.
 async fn exercise(addr: SocketAddr, workers: usize) {
     for _ in 0..20 {
-        let t = client::ws_session(addr).await.unwrap_or_else(|e| panic!("websocket session: {e}"));
-        assert!(t > Duration::ZERO && t < client::STEP_TIMEOUT);
+        let t = client::ws_session_timed(addr).await.unwrap_or_else(|e| panic!("websocket session: {e}"));
+        // The upgrade is answered before the namespace CONNECT is.
+        assert!(t.upgraded > Duration::ZERO && t.upgraded < t.connected && t.connected < client::STEP_TIMEOUT);
         client::polling_session(addr).await.unwrap_or_else(|e| panic!("polling session: {e}"));
     }
     let epoch = Instant::now();
@@ -66,13 +67,15 @@ fn load_generator_speaks_to_one_socket_io_server() {
     common::ensure_node_modules();
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let (command, node_path) = bench_worker();
-    let mut node = Command::new(command[0].as_str().unwrap())
-        .arg(command[1].as_str().unwrap())
-        .env("PORT", port.to_string())
-        .env("NODE_PATH", node_path)
-        .stdin(Stdio::null())
-        .spawn()
-        .unwrap();
+    let _node = Killed(
+        Command::new(command[0].as_str().unwrap())
+            .arg(command[1].as_str().unwrap())
+            .env("PORT", port.to_string())
+            .env("NODE_PATH", node_path)
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(addr).is_err() {
@@ -80,8 +83,17 @@ fn load_generator_speaks_to_one_socket_io_server() {
         std::thread::sleep(Duration::from_millis(50));
     }
     local(exercise(addr, 1));
-    node.kill().unwrap();
-    node.wait().unwrap();
+}
+
+/// A process killed when dropped: a failed assertion does not leave it
+/// running (and holding the test's output pipe open).
+struct Killed(std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[test]
