@@ -495,8 +495,8 @@ async fn moderate_rate(args: &Args, report: &mut Report, target: &Target) {
     })
     .await;
     record_outcome(report, "moderate rate", name, outcome);
-    // Where the connect time goes: until the upgrade's answer (the router's
-    // part), and from there to the CONNECT's (Node's alone).
+    // The part of the connect time a router is on the path of: until the
+    // upgrade's answer (the rest is between the client and Node alone).
     let mut upgrades = upgrades.take();
     upgrades.sort();
     report.record("moderate rate", "upgrade answered p50", "ms", name, percentile(&upgrades, 0.5));
