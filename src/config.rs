@@ -55,6 +55,63 @@ impl<'de> Deserialize<'de> for Instances {
     }
 }
 
+/// The Engine.IO transports clients may use (`"transports"` in `APP.json`).
+///
+/// Long-polling is what needs a router: each of a session's HTTP requests
+/// must reach the worker that owns it. Without it the workers accept
+/// connections themselves, and no process stands between a client and Node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transports {
+    pub polling: bool,
+    pub websocket: bool,
+}
+
+impl Default for Transports {
+    fn default() -> Self {
+        Transports { polling: true, websocket: true }
+    }
+}
+
+impl Transports {
+    /// Whether the workers accept on the app's sockets themselves, the master
+    /// only supervising and relaying (websocket alone: no session to route).
+    pub fn workers_accept(self) -> bool {
+        !self.polling
+    }
+
+    /// As engine.io's `transports` option, space-separated (for the preload).
+    pub fn engine_names(self) -> String {
+        let names = [(self.polling, "polling"), (self.websocket, "websocket")];
+        names.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect::<Vec<_>>().join(" ")
+    }
+}
+
+impl<'de> Deserialize<'de> for Transports {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let bad = || serde::de::Error::custom("expected a list of \"polling\" and \"websocket\", e.g. [\"websocket\"]");
+        let names = Vec::<String>::deserialize(d).map_err(|_| bad())?;
+        let mut t = Transports { polling: false, websocket: false };
+        for name in &names {
+            let seen = match name.as_str() {
+                "polling" => std::mem::replace(&mut t.polling, true),
+                "websocket" => std::mem::replace(&mut t.websocket, true),
+                other => {
+                    return Err(serde::de::Error::custom(format!(
+                        "{other:?} is not a transport sio serves: \"polling\" or \"websocket\""
+                    )))
+                }
+            };
+            if seen {
+                return Err(serde::de::Error::custom(format!("{name:?} is listed twice")));
+            }
+        }
+        if names.is_empty() {
+            return Err(bad());
+        }
+        Ok(t)
+    }
+}
+
 /// One address or a list.
 fn addresses<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
     #[derive(Deserialize)]
@@ -226,12 +283,13 @@ pub const FIELDS: &[Field] = &[
     Field { name: "env", default: "`{}`", meaning: "extra environment for the worker" },
     Field { name: "instances", default: "`\"max\"`", meaning: "number of workers, 1–4095, or `\"max\"`: one per CPU available to the master" },
     Field { name: "listen", default: "`\"127.0.0.1:3000\"`", meaning: "address or list of addresses, used when not socket-activated; port 0 picks a free port (see `sioctl status`)" },
+    Field { name: "transports", default: "`[\"polling\", \"websocket\"]`", meaning: "the Engine.IO transports clients may use; `[\"websocket\"]` alone: the workers accept connections themselves, no router on a session's path (no added latency, and connections are taken while the master restarts), long-polling refused (clients connect with `transports: [\"websocket\"]`)" },
     Field { name: "timeouts.head_ms", default: "10000", meaning: "a client has this long to send its request head (then 408)" },
     Field { name: "timeouts.worker_wait_ms", default: "10000", meaning: "a request waits this long for a ready worker (then 503)" },
     Field { name: "timeouts.stop_ms", default: "5000", meaning: "a worker has this long between SIGTERM and SIGKILL" },
     Field { name: "timeouts.ready_ms", default: "30000", meaning: "a new worker (scale, reload) has this long to become ready" },
     Field { name: "timeouts.drain_ms", default: "2000", meaning: "a worker being removed serves its sessions this long, taking no new ones, before it is stopped" },
-    Field { name: "timeouts.handoff_ms", default: "5000", meaning: "a worker that has not acknowledged a connection handed to it for this long is hung: killed and restarted, its connections served by the others" },
+    Field { name: "timeouts.handoff_ms", default: "5000", meaning: "a worker that has not acknowledged a connection handed to it (with websocket alone: sent its heartbeat) for this long is hung: killed and restarted, its connections served by the others" },
     Field { name: "limits.max_head_bytes", default: "16384", meaning: "largest request head (then 431); 256–1048576" },
     Field { name: "limits.max_pending_connections", default: "10000", meaning: "connections the master holds (head being read, waiting for a worker, handed off and not yet acknowledged); above it accepting pauses and the kernel's backlog holds the rest" },
     Field { name: "limits.bus_queue_bytes", default: "64 MiB", meaning: "relayed frames queued for one worker before frames to it are dropped; also the broadcasts an agent keeps until the master acknowledges them (the oldest go first past it)" },
@@ -274,6 +332,8 @@ struct RawConfig {
     instances: Instances,
     #[serde(default = "default_listen", deserialize_with = "addresses")]
     listen: Vec<SocketAddr>,
+    #[serde(default)]
+    transports: Transports,
     #[serde(default)]
     timeouts: Timeouts,
     #[serde(default)]
@@ -335,6 +395,8 @@ pub struct AppConfig {
     pub instances: Instances,
     /// Where the master listens when not socket-activated.
     pub listen: Vec<SocketAddr>,
+    /// What clients may use; websocket alone takes the master off the path.
+    pub transports: Transports,
     pub timeouts: Timeouts,
     pub limits: Limits,
     /// Members of this group may scale and reload the app (besides root
@@ -556,6 +618,7 @@ impl AppConfig {
             env: raw.env,
             instances: raw.instances,
             listen: raw.listen,
+            transports: raw.transports,
             timeouts: raw.timeouts,
             limits: raw.limits,
             control_group: raw.control_group,
@@ -626,6 +689,28 @@ mod tests {
         assert_eq!(e.field.as_deref(), Some("cwd"), "{e}");
         let e = load(r#"{"command": ["node"],"#).unwrap_err();
         assert!(e.to_string().contains("EOF"), "{e}");
+    }
+
+    #[test]
+    fn transports_are_a_list_of_known_names_once_each() {
+        let c = parse(r#"{"command": ["node"]}"#).unwrap();
+        assert!(!c.transports.workers_accept());
+        assert_eq!(c.transports.engine_names(), "polling websocket");
+        let c = parse(r#"{"command": ["node"], "transports": ["websocket"]}"#).unwrap();
+        assert!(c.transports.workers_accept());
+        assert_eq!(c.transports.engine_names(), "websocket");
+        let c = parse(r#"{"command": ["node"], "transports": ["websocket", "polling"]}"#).unwrap();
+        assert_eq!(c.transports, Transports::default());
+        for (bad, says) in [
+            (r#"[]"#, "expected a list"),
+            (r#""websocket""#, "expected a list"),
+            (r#"["webtransport"]"#, "\"webtransport\" is not a transport sio serves"),
+            (r#"["websocket", "websocket"]"#, "listed twice"),
+        ] {
+            let e = parse(&format!(r#"{{"command": ["node"], "transports": {bad}}}"#)).unwrap_err();
+            assert_eq!(e.field.as_deref(), Some("transports"), "{e}");
+            assert!(e.message.contains(says), "{bad}: {e}");
+        }
     }
 
     fn parse(json: &str) -> Result<AppConfig, ConfigError> {

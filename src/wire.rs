@@ -5,8 +5,9 @@
 //! of version 1 use the abstract name [`bus_address`]). Every frame is `u32` little-endian length (of what
 //! follows, at most [`MAX_FRAME`]), one tag byte, and the body. A [`ToAgent::Handoff`] frame
 //! travels with exactly one file descriptor (`SCM_RIGHTS`) on the
-//! `sendmsg` that carries its first byte; the receiver queues fds in
-//! arrival order and gives the oldest to each handoff frame it decodes.
+//! `sendmsg` that carries its first byte, as does a [`ToAgent::Listener`];
+//! the receiver queues fds in arrival order and gives the oldest to each
+//! such frame it decodes.
 //!
 //! The first frame on a connection is [`ToMaster::Hello`] with the highest
 //! version the peer speaks; the master answers [`ToAgent::Welcome`] with the
@@ -29,8 +30,12 @@ use std::fmt;
 /// The newest bus protocol this build speaks. Version 2 numbers
 /// broadcasts so that none is lost or repeated when the master dies
 /// ([`ToMaster::Broadcast`], [`ToAgent::Relayed`], [`ToAgent::Acked`]);
-/// the master sends version 1 peers what version 1 knows.
-pub const PROTOCOL_VERSION: u16 = 2;
+/// the master sends version 1 peers what version 1 knows. Version 3 hands
+/// the app's listening sockets to agents whose workers accept connections
+/// themselves ([`ToAgent::Listener`], [`ToAgent::StopAccepting`]; config
+/// `transports`): a master knows that an agent of version 2 or older would
+/// never start its worker.
+pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest bus protocol this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 
@@ -116,6 +121,16 @@ pub enum ToAgent {
     /// Every [`ToMaster::Broadcast`] up to `seq` reached the sockets of
     /// every worker it was for: the agent may forget them.
     Acked(u64),
+    /// Version 3. Carries one fd: listening socket `index` of `count` of
+    /// the app, sent at welcome when its workers accept themselves. The
+    /// agent starts its worker with all of them.
+    Listener {
+        index: u16,
+        count: u16,
+    },
+    /// Version 3: the worker is being retired (scale down, reload) and,
+    /// accepting itself, must take no new connection from now on.
+    StopAccepting,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -313,6 +328,8 @@ impl ToAgent {
             ToAgent::ControlReply(json) => drop(Writer::begin(out, 5).rest(json)),
             ToAgent::Relayed { origin, seq, frame } => drop(Writer::begin(out, 6).u32(*origin).u64(*seq).rest(frame)),
             ToAgent::Acked(seq) => drop(Writer::begin(out, 7).u64(*seq)),
+            ToAgent::Listener { index, count } => drop(Writer::begin(out, 8).u16(*index).u16(*count)),
+            ToAgent::StopAccepting => drop(Writer::begin(out, 9)),
         }
     }
 
@@ -330,6 +347,8 @@ impl ToAgent {
             5 => ToAgent::ControlReply(r.rest()),
             6 => ToAgent::Relayed { origin: r.u32()?, seq: r.u64()?, frame: r.rest() },
             7 => ToAgent::Acked(r.u64()?),
+            8 => ToAgent::Listener { index: r.u16()?, count: r.u16()? },
+            9 => ToAgent::StopAccepting,
             t => return Err(WireError::UnknownTag(t)),
         };
         r.done(msg)
@@ -379,6 +398,8 @@ mod tests {
             ToAgent::ControlReply(b"[]".to_vec()),
             ToAgent::Relayed { origin: 42, seq: u64::MAX, frame: vec![1] },
             ToAgent::Acked(3),
+            ToAgent::Listener { index: 1, count: 2 },
+            ToAgent::StopAccepting,
         ] {
             let f = m.to_frame();
             assert_eq!(ToAgent::decode(body(&f)).unwrap(), m);
@@ -450,6 +471,19 @@ mod tests {
                 b"\x0e\0\0\0\x06\x2a\0\0\0\x03\0\0\0\0\0\0\0\x09",
             ),
             (ToAgent::Acked(258), b"\x09\0\0\0\x07\x02\x01\0\0\0\0\0\0"),
+        ];
+        for (msg, bytes) in down {
+            assert_eq!(&msg.to_frame(), bytes, "{msg:?}");
+            assert_eq!(&ToAgent::decode(&bytes[4..]).unwrap(), msg);
+        }
+    }
+
+    /// The frames version 3 added.
+    #[test]
+    fn version_3_frames_are_pinned() {
+        let down: &[(ToAgent, &[u8])] = &[
+            (ToAgent::Listener { index: 1, count: 2 }, b"\x05\0\0\0\x08\x01\0\x02\0"),
+            (ToAgent::StopAccepting, b"\x01\0\0\0\x09"),
         ];
         for (msg, bytes) in down {
             assert_eq!(&msg.to_frame(), bytes, "{msg:?}");

@@ -365,6 +365,25 @@ fn a_hung_worker_is_killed_and_its_connections_are_served_by_the_others() {
 }
 
 #[test]
+fn with_websocket_alone_a_hung_worker_is_killed_for_its_silent_heartbeat() {
+    // No connection is handed to a worker that accepts itself: the
+    // preload's heartbeat is what shows its event loop runs.
+    let app = App::start_with(2, json!({"transports": ["websocket"], "timeouts": {"handoff_ms": 2000}}));
+    let r = node("hung.js", &[&app.port.to_string(), "20"]);
+    assert_eq!(r["served"], 20, "every new session is served: {r}");
+    assert_eq!(r["healthyDisconnects"], 0, "a client of the healthy worker is unaffected: {r}");
+    assert_eq!(r["healthyEcho"], "still here", "{r}");
+    wait_for("the hung worker killed", Duration::from_secs(20), || app.log().contains("sent no heartbeat"));
+    wait_for("the hung worker replaced", Duration::from_secs(20), || App::ready_workers(&app.status()) == 2);
+    // Idle workers that run are heard: none else is killed, the new one neither.
+    std::thread::sleep(Duration::from_secs(5));
+    let log = app.log();
+    let killed: Vec<&str> = log.lines().filter(|l| l.contains("its event loop is stuck; killed")).collect();
+    assert_eq!(killed.len(), 1, "{log}");
+    assert!(killed[0].contains("sent no heartbeat") && killed[0].contains("worker=1"), "{log}");
+}
+
+#[test]
 fn a_stalled_worker_does_not_block_the_relay() {
     let app = App::start_with(3, json!({"limits": {"bus_queue_bytes": 2 << 20}}));
     let (mut flood, ready) = Scenario::start("flood.js", &[&app.port.to_string(), "w3", "400"]);

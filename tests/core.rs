@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use std::io::{Read, Write};
 use std::time::Duration;
 
 #[test]
@@ -63,6 +64,60 @@ fn cluster_adapter_across_workers() {
     let app = App::start(2);
     let r = node("cluster.js", &[&app.port.to_string()]);
     assert_one_socket_io_cluster(&r, 8, 2);
+}
+
+#[test]
+fn with_websocket_alone_the_workers_accept_themselves_and_polling_is_refused() {
+    let app = App::start_with(2, serde_json::json!({"transports": ["websocket"]}));
+    let r = node("cluster.js", &[&app.port.to_string(), "--websocket-only"]);
+    assert_one_socket_io_cluster(&r, 8, 2);
+    let status = app.status();
+    assert_eq!(status["counters"]["accepted"], 0, "no connection went through the master: {status}");
+    // A polling handshake reaches a worker, whose engine refuses it.
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
+    s.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
+    assert!(
+        answer.contains("X-Sio-Worker: w") && answer.contains(r#"{"code":0,"message":"Transport unknown"}"#),
+        "{answer}"
+    );
+}
+
+#[test]
+fn with_websocket_alone_new_sessions_are_served_while_the_master_is_frozen() {
+    let app = App::start_with(2, serde_json::json!({"transports": ["websocket"]}));
+    let mut holder = Holder::start(app.port, 20, "websocket");
+    let master = nix::unistd::Pid::from_raw(app.pid() as i32);
+    nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    holder.probe();
+    std::thread::sleep(Duration::from_secs(2));
+    // Reported with the master still stopped: probes that wait for it would
+    // time out instead.
+    let r = holder.report();
+    nix::sys::signal::kill(master, nix::sys::signal::Signal::SIGCONT).unwrap();
+    assert_eq!(r["probes"]["failed"], 0, "{r}");
+    assert!(r["probes"]["ok"].as_u64().unwrap() >= 20, "new sessions served meanwhile: {r}");
+    assert_eq!(total_disconnects(&r), 0, "{r}");
+    assert!(app.status()["workers"].as_array().unwrap().len() == 2, "the master carries on");
+}
+
+#[test]
+fn with_websocket_alone_a_retired_worker_takes_no_new_session() {
+    let app = App::start_with(2, serde_json::json!({"transports": ["websocket"], "timeouts": {"drain_ms": 6000}}));
+    let mut scale = app.sioctl().args(["scale", &app.name, "1"]).stdout(std::process::Stdio::null()).spawn().unwrap();
+    let mut retired = None;
+    wait_for("a worker draining", Duration::from_secs(10), || {
+        let status = app.status();
+        retired =
+            status["workers"].as_array().unwrap().iter().find(|w| w["state"] == "draining").map(|w| w["slot"].clone());
+        retired.is_some()
+    });
+    let holder = Holder::start(app.port, 20, "websocket");
+    let retired = format!("w{}", retired.unwrap());
+    assert!(holder.by_worker.get(&retired).is_none(), "no new session on {retired}: {}", holder.by_worker);
+    assert!(scale.wait().unwrap().success());
 }
 
 #[test]

@@ -176,6 +176,29 @@ fn master_restart_drops_no_connection_and_refuses_none() {
 }
 
 #[test]
+fn with_websocket_alone_the_workers_accept_through_a_master_restart() {
+    let (sb, app, port) = booted_with(2, json!({"transports": ["websocket"]}));
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
+    let mut holder = Holder::start(port, 40, "websocket");
+    holder.probe();
+    sb.systemctl(&["restart", &format!("sio@{app}.service")]);
+    let after = sb.wait_status(&app, "adopted after a restart", Duration::from_secs(20), |s| {
+        s["pid"] != before["pid"] && ready(2)(s)
+    });
+    let r = holder.report();
+    assert_eq!(total_disconnects(&r), 0, "{r}");
+    assert_eq!(r["probes"]["failed"], 0, "every new connection during the restart succeeded: {r}");
+    assert_eq!(agent_pids(&before), agent_pids(&after), "the same workers, adopted");
+    // The adopted workers kept their sockets, and the new master relays.
+    let r = node("cluster.js", &[&port.to_string(), "--websocket-only"]);
+    assert_one_socket_io_cluster(&r, 8, 2);
+    assert_eq!(sb.status(&app).unwrap()["counters"]["accepted"], 0, "the master took no connection");
+    let journal = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
+    assert!(!journal.contains("takes none until restarted"), "{journal}");
+}
+
+#[test]
 fn a_sigkilled_worker_is_restarted_by_systemd() {
     let (sb, app, port) = running(2);
     let holder = Holder::start(port, 10, "websocket");

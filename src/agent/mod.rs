@@ -11,6 +11,10 @@
 //! * Cluster-adapter frames go to the master to be relayed, numbered and
 //!   kept until the master acknowledges them (see [`relay`]); frames from
 //!   the master go to Node byte for byte, each once.
+//! * With websocket alone (config `transports`) the worker accepts on the
+//!   app's sockets itself: the agent waits for the master to hand them over
+//!   ([`ToAgent::Listener`]) before it starts Node with them, and watches
+//!   the preload's heartbeat instead of handoff answers for a hung worker.
 //! * The worker outlives the master: when the bus goes away the agent
 //!   reconnects and tells the new master what it holds (ready, sessions,
 //!   adapters). It exits when its Node worker exits, with the worker's
@@ -29,12 +33,13 @@ use crate::wire::{self, Role, ToAgent, ToMaster, WireError, MIN_PROTOCOL_VERSION
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use relay::{Delivered, Unacked};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashSet;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::rc::Rc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tracing::{debug, error, info, warn};
 
 /// Reconnect delays to the master: short, because connections wait in the
@@ -89,6 +94,14 @@ struct Agent {
     /// once for several of them rather than once each.
     outbox: RefCell<Vec<u8>>,
     outbox_filled: tokio::sync::Notify,
+    /// The app's listening sockets handed over by the master, while the
+    /// worker waits for them (websocket alone), and whether it has started.
+    listeners: RefCell<Vec<OwnedFd>>,
+    listeners_handed: tokio::sync::Notify,
+    worker_started: Cell<bool>,
+    /// When the worker last wrote to its channel (with websocket alone, the
+    /// preload's heartbeat at least every [`heartbeat`]).
+    last_heard: Cell<Option<Instant>>,
 }
 
 /// How long a worker whose IPC channel closed may take to exit by itself.
@@ -96,6 +109,16 @@ const CHANNEL_GONE_GRACE: Duration = Duration::from_millis(500);
 
 /// How long small messages to the master wait to travel together.
 const COALESCE: Duration = Duration::from_millis(2);
+
+/// How long an agent whose worker accepts itself waits for the app's
+/// sockets before it says so (a master hands them over at once).
+const LISTENERS_LATE: Duration = Duration::from_secs(3);
+
+/// How often a worker that accepts itself says its event loop runs: four
+/// times per `timeouts.handoff_ms`, the time after which it counts as hung.
+fn heartbeat(cfg: &AppConfig) -> Duration {
+    (cfg.timeouts.handoff_ms / 4).max(Duration::from_millis(10))
+}
 
 /// Runs the agent for `slot` of the app until its worker exits or it is
 /// told to stop.
@@ -108,12 +131,6 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         Ok(p) => p,
         Err(e) => return Exit::Failed(format!("cannot create the IPC channel: {e}")),
     };
-    let mut child = match spawn_worker(&cfg, slot, &preload, child_end) {
-        Ok(c) => c,
-        Err(e) => return Exit::Failed(format!("cannot start {:?} in {}: {e}", cfg.command, cfg.cwd.display())),
-    };
-    let pid = child.id().unwrap_or(0);
-    info!(app = %cfg.app, worker = slot, pid, "worker started");
     let held = Held {
         ready: false,
         sessions: HashSet::new(),
@@ -131,10 +148,45 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         lost_broadcasts: RateLimit::default(),
         outbox: RefCell::default(),
         outbox_filled: tokio::sync::Notify::new(),
+        listeners: RefCell::default(),
+        listeners_handed: tokio::sync::Notify::new(),
+        worker_started: Cell::new(false),
+        last_heard: Cell::new(None),
     });
     tokio::task::spawn_local(agent.clone().send_outbox());
     let channel = tokio::task::spawn_local(agent.clone().read_node());
-    let master = tokio::task::spawn_local(agent.clone().serve_master());
+    let mut master = tokio::task::spawn_local(agent.clone().serve_master());
+    if agent.cfg.transports.workers_accept() {
+        let handed = agent.listeners_handed.notified();
+        tokio::pin!(handed);
+        let mut warned = false;
+        loop {
+            tokio::select! {
+                () = &mut handed => break,
+                refused = &mut master => return Exit::Failed(refused.unwrap_or_else(|e| e.to_string())),
+                _ = termination_signal() => return Exit::Stopped,
+                // A master hands them over as it welcomes the agent.
+                () = tokio::time::sleep(LISTENERS_LATE), if !warned => {
+                    warned = true;
+                    warn!(app = %agent.cfg.app, worker = slot, "no listening socket from the master yet: with `transports` websocket alone the worker starts once the master hands them over, which a master started with other `transports` never does (restart it)");
+                }
+            }
+        }
+    }
+    let listeners = std::mem::take(&mut *agent.listeners.borrow_mut());
+    let spawned = spawn_worker(&agent.cfg, slot, &preload, child_end, &listeners);
+    agent.worker_started.set(true);
+    // The worker has its copies: a listener left here would outlive it.
+    drop(listeners);
+    let mut child = match spawned {
+        Ok(c) => c,
+        Err(e) => {
+            let cfg = &agent.cfg;
+            return Exit::Failed(format!("cannot start {:?} in {}: {e}", cfg.command, cfg.cwd.display()));
+        }
+    };
+    let pid = child.id().unwrap_or(0);
+    info!(app = %agent.cfg.app, worker = slot, pid, accepts = agent.cfg.transports.workers_accept(), "worker started");
     let exit = tokio::select! {
         status = child.wait() => match status {
             Ok(s) => Exit::Worker(s),
@@ -154,8 +206,8 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         // loaded since it announces nothing: kill it (it cannot run a
         // SIGTERM handler anyway); its connections go back to the master
         // with their heads unread, and its supervisor restarts it.
-        _ = agent.node.unanswered_for(agent.cfg.timeouts.handoff_ms) => {
-            error!(app = %agent.cfg.app, worker = slot, pid, "the worker took no connection for {:?}: its event loop is stuck; killed", agent.cfg.timeouts.handoff_ms);
+        why = agent.hung() => {
+            error!(app = %agent.cfg.app, worker = slot, pid, "the worker {why} for {:?}: its event loop is stuck; killed", agent.cfg.timeouts.handoff_ms);
             let _ = child.kill().await;
             match child.wait().await {
                 Ok(s) => Exit::Worker(s),
@@ -180,6 +232,7 @@ fn spawn_worker(
     slot: u16,
     preload: &std::path::Path,
     channel: ChildEnd,
+    listeners: &[OwnedFd],
 ) -> std::io::Result<tokio::process::Child> {
     let mut cmd = tokio::process::Command::new(&cfg.command[0]);
     cmd.args(&cfg.command[1..]).current_dir(&cfg.cwd).envs(&cfg.env);
@@ -198,6 +251,14 @@ fn spawn_worker(
         Some(tag) => cmd.env("SIO_HOST_TAG", tag.to_string()),
         None => cmd.env_remove("SIO_HOST_TAG"),
     };
+    let listener_fds: Vec<RawFd> = listeners.iter().map(AsRawFd::as_raw_fd).collect();
+    cmd.env("SIO_TRANSPORTS", cfg.transports.engine_names());
+    if listener_fds.is_empty() {
+        cmd.env_remove("SIO_LISTEN_FDS").env_remove("SIO_HEARTBEAT_MS");
+    } else {
+        let fds: Vec<String> = listener_fds.iter().map(RawFd::to_string).collect();
+        cmd.env("SIO_LISTEN_FDS", fds.join(" ")).env("SIO_HEARTBEAT_MS", heartbeat(cfg).as_millis().to_string());
+    }
     let before = cfg.env.get("NODE_OPTIONS").cloned().or_else(|| std::env::var("NODE_OPTIONS").ok());
     let quoted = preload.display().to_string().replace('\\', "\\\\").replace('"', "\\\"");
     let options = format!("{} --require \"{quoted}\"", before.as_deref().unwrap_or("")).trim().to_owned();
@@ -210,6 +271,9 @@ fn spawn_worker(
     unsafe {
         cmd.pre_exec(move || {
             ChildEnd::inherit_in_child(fd)?;
+            for &listener in &listener_fds {
+                ChildEnd::inherit_in_child(listener)?;
+            }
             // The agent's SCHED_BATCH is for its own wake-ups.
             crate::sched::default_policy_in_child()?;
             // The worker never outlives its agent.
@@ -222,6 +286,25 @@ fn spawn_worker(
 }
 
 impl Agent {
+    /// Returns once the worker counts as hung, saying what it failed to do:
+    /// answer a connection handed to it, or (accepting itself) send its
+    /// heartbeat, within `timeouts.handoff_ms`. The heartbeat is watched
+    /// from the worker's first word on: starting up has `timeouts.ready_ms`.
+    async fn hung(&self) -> &'static str {
+        let limit = self.cfg.timeouts.handoff_ms;
+        if !self.cfg.transports.workers_accept() {
+            self.node.unanswered_for(limit).await;
+            return "took no connection";
+        }
+        loop {
+            match self.last_heard.get() {
+                Some(heard) if heard.elapsed() >= limit => return "sent no heartbeat",
+                Some(heard) => tokio::time::sleep_until((heard + limit).into()).await,
+                None => tokio::time::sleep(heartbeat(&self.cfg)).await,
+            }
+        }
+    }
+
     async fn stop_worker(&self, child: &mut tokio::process::Child, pid: u32) {
         let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
         if tokio::time::timeout(self.cfg.timeouts.stop_ms, child.wait()).await.is_err() {
@@ -307,6 +390,7 @@ impl Agent {
                 Err(e) if is_disconnect(&e) => return,
                 Err(e) => return error!(app = %self.cfg.app, worker = self.slot, "worker channel: {e}"),
             };
+            self.last_heard.set(Some(Instant::now()));
             match nodeipc::classify(payload) {
                 Ok(msg) => {
                     let frame = if matches!(msg, FromChild::Adapter(_)) { Some(node_frame(payload)) } else { None };
@@ -338,7 +422,8 @@ impl Agent {
                 warn!(app = %self.cfg.app, worker = self.slot, "the worker sent a handle to its parent: closed");
                 self.node.send_frame(nodeipc::handle_ack_frame().into());
             }
-            FromChild::ClusterNotice => {}
+            // Heard, which is all a heartbeat says (see `read_node`).
+            FromChild::ClusterNotice | FromChild::Alive => {}
             FromChild::QueryServer { seq, address, port, address_type } => {
                 warn!(app = %self.cfg.app, worker = self.slot, port, "the worker called listen(): ignored, connections come from the sio master");
                 self.node
@@ -431,9 +516,15 @@ impl Agent {
         let version = match reader.next(&link).await.map(|b| b.map(ToAgent::decode)) {
             // The master answers with the version both speak: ours or older.
             Ok(Some(Ok(ToAgent::Welcome { version })))
-                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version) =>
+                if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
+                    && (version >= 3 || !self.awaits_listeners()) =>
             {
                 version
+            }
+            Ok(Some(Ok(ToAgent::Welcome { version }))) if version < 3 && self.awaits_listeners() => {
+                return Err(format!(
+                    "the master speaks bus protocol {version}, too old to hand over the app's sockets (config `transports`: websocket alone)"
+                ))
             }
             Ok(Some(Ok(ToAgent::Welcome { version }))) => {
                 return Err(format!(
@@ -467,6 +558,16 @@ impl Agent {
                         self.to_master(ToMaster::HandoffFailed(id));
                     }
                 },
+                Ok(ToAgent::Listener { index, count }) => match reader.fds.pop_front() {
+                    Some(fd) => self.listener_handed(fd, index, count),
+                    None => {
+                        error!(app = %self.cfg.app, worker = self.slot, index, "listening socket without a file descriptor")
+                    }
+                },
+                Ok(ToAgent::StopAccepting) => {
+                    info!(app = %self.cfg.app, worker = self.slot, "retired: the worker takes no new connection");
+                    self.node.send_frame(nodeipc::stop_accepting_frame().into());
+                }
                 Ok(ToAgent::Adapter(frame)) => self.node.send_frame(Bytes::from(frame)),
                 Ok(ToAgent::Relayed { origin, seq, frame }) => {
                     // Sent again by a master whose predecessor had relayed it?
@@ -494,6 +595,31 @@ impl Agent {
         // What was not sent is replayed from state to the next master.
         self.outbox.borrow_mut().clear();
         result
+    }
+
+    /// Whether the worker waits for the app's sockets to start.
+    fn awaits_listeners(&self) -> bool {
+        self.cfg.transports.workers_accept() && !self.worker_started.get()
+    }
+
+    /// One of the app's `count` listening sockets, from a master whose
+    /// workers accept themselves. The worker starts once it has them all.
+    fn listener_handed(&self, fd: OwnedFd, index: u16, count: u16) {
+        if self.worker_started.get() {
+            // A new master handing them again: the worker has its own.
+            if index == 0 && !self.cfg.transports.workers_accept() {
+                warn!(app = %self.cfg.app, worker = self.slot, "the master hands over the app's sockets (config `transports`: websocket alone), but this worker was started to take its connections from the master: it takes none until restarted (`sioctl reload {}`)", self.cfg.app);
+            }
+            return;
+        }
+        let mut listeners = self.listeners.borrow_mut();
+        if index == 0 {
+            listeners.clear();
+        }
+        listeners.push(fd);
+        if listeners.len() == usize::from(count) {
+            self.listeners_handed.notify_one();
+        }
     }
 
     /// A master accepted us: tell it what the worker holds, then send the

@@ -22,11 +22,18 @@
 //    `{type: "sio:sessions", opened: "sid sid…", closed: "sid…"}`. Foreign
 //    sids (an app's own generateId) are routed by their announcement and
 //    still go at once.
+// 5. Websocket alone (config `transports`): the engine refuses the other
+//    transports, and the worker accepts on the app's listening sockets
+//    itself (SIO_LISTEN_FDS, inherited from the agent) once it is ready,
+//    each connection given to sticky's setupWorker exactly as a handed-off
+//    one would be. With no handoff to answer, a heartbeat every
+//    SIO_HEARTBEAT_MS tells the agent the event loop runs.
 "use strict";
 
 const Module = require("module");
 const crypto = require("crypto");
 const http = require("http");
+const net = require("net");
 
 // Children of the worker must not load this file again.
 if (process.env.SIO_NODE_OPTIONS !== undefined) {
@@ -38,6 +45,10 @@ if (process.env.SIO_NODE_OPTIONS !== undefined) {
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const slot = Number(process.env.SIO_WORKER_SLOT);
+const transports = (process.env.SIO_TRANSPORTS || "").split(" ").filter(Boolean);
+const listenFds = (process.env.SIO_LISTEN_FDS || "").split(" ").filter(Boolean).map(Number);
+const heartbeatMs = Number(process.env.SIO_HEARTBEAT_MS);
+for (const name of ["SIO_TRANSPORTS", "SIO_LISTEN_FDS", "SIO_HEARTBEAT_MS"]) delete process.env[name];
 const hostTag = /^[A-Za-z0-9_-]$/.test(process.env.SIO_HOST_TAG || "") ? process.env.SIO_HOST_TAG : "";
 
 function check(prefix) {
@@ -62,6 +73,19 @@ function patchEngineIo(eio) {
       Object.defineProperty(Server.prototype, "__sioPatched", { value: true });
       Server.prototype.generateId = sioGenerateId;
     }
+  }
+  const Server = eio && eio.Server;
+  if (transports.length > 0 && typeof Server === "function" && !Server.prototype.__sioTransports) {
+    Object.defineProperty(Server.prototype, "__sioTransports", { value: true });
+    const init = Server.prototype.init;
+    Server.prototype.init = function () {
+      const asked = this.opts.transports;
+      this.opts.transports = asked.filter((t) => transports.includes(t));
+      if (this.opts.transports.length === 0) {
+        console.error(`sio: the app's transports ${JSON.stringify(asked)} and sio's (config \`transports\`) ${JSON.stringify(transports)} have none in common: every client is refused`);
+      }
+      return init.apply(this, arguments);
+    };
   }
 }
 
@@ -119,11 +143,45 @@ if (typeof process.send === "function" && Number.isInteger(slot)) {
   };
 }
 
+// Each connection as sticky's primary hands one over: `data` is what was
+// read of it before, nothing here. A retired worker closes its sockets and
+// keeps its sessions until it is stopped.
+const acceptors = [];
+function acceptOn(fd) {
+  const server = net.createServer((socket) => process.emit("message", { type: "sticky:connection", data: Buffer.alloc(0) }, socket));
+  server.on("error", (e) => {
+    console.error(`sio: cannot accept on the app's socket (fd ${fd}): ${e.message}`);
+    process.exit(1);
+  });
+  // listen({fd}) in a cluster worker asks the primary for the socket
+  // (`queryServer`), whose answer here brings none. What the answer's
+  // handle would be given to is `_listen2` (net's setupListenHandle, as
+  // Node's own SCHED_NONE workers reach it); the backlog is sio's (see
+  // src/listen.rs), so that listening again does not shorten it.
+  server._listen2(null, null, null, 4096, fd);
+  acceptors.push(server);
+}
+
+function stopAcceptingOnRequest() {
+  process.on("message", (message) => {
+    if (message && message.type === "sio:stop-accepting") acceptors.splice(0).forEach((server) => server.close());
+  });
+}
+
+if (heartbeatMs > 0 && typeof process.send === "function") {
+  const send = process.send;
+  setInterval(() => {
+    if (process.connected) send.call(process, { type: "sio:alive" }, () => {});
+  }, heartbeatMs).unref();
+}
+
 let readySent = false;
 process.on("newListener", (event) => {
   if (event !== "message" || readySent) return;
   readySent = true;
   setImmediate(() => {
+    listenFds.forEach(acceptOn);
+    if (acceptors.length > 0) stopAcceptingOnRequest();
     if (typeof process.send === "function") process.send({ type: "sio:ready" });
   });
 });

@@ -320,6 +320,7 @@ impl Master {
                     .peers
                     .insert(slot, Peer { link: link.clone(), pid, version, in_flight: HashMap::new() });
                 welcome(&link, version);
+                self.hand_listeners(&link, slot, version);
                 reader.set_max(wire::MAX_FRAME);
                 info!(app = %self.cfg.app, worker = slot, pid, version, "worker connected");
                 self.worker_changed();
@@ -334,6 +335,35 @@ impl Master {
                 reader.set_max(MAX_CONTROL_FRAME);
                 self.serve_control(&link, reader, creds).await;
             }
+        }
+    }
+
+    /// Gives a joining agent the app's listening sockets when its worker
+    /// accepts itself (it starts the worker with them, or keeps the ones it
+    /// has if this is a new master).
+    fn hand_listeners(&self, link: &Link, slot: u16, version: u16) {
+        let listeners = self.worker_listeners.borrow();
+        if listeners.is_empty() {
+            return;
+        }
+        if version < 3 {
+            return warn!(app = %self.cfg.app, worker = slot, version, "this worker's agent speaks bus protocol {version}, too old to accept connections itself (config `transports`: websocket alone): it takes none until restarted");
+        }
+        let count = u16::try_from(listeners.len()).unwrap_or(u16::MAX);
+        for (index, fd) in listeners.iter().take(usize::from(count)).enumerate() {
+            let frame = ToAgent::Listener { index: index as u16, count }.to_frame();
+            link.send(frame.into(), Some(fd.clone()));
+        }
+    }
+
+    /// A worker that accepts itself is told to stop (its agent of version
+    /// 3 or later got the sockets: see [`Self::hand_listeners`]).
+    pub(super) fn stop_accepting(&self, slot: u16) {
+        if self.worker_listeners.borrow().is_empty() {
+            return;
+        }
+        if let Some(peer) = self.st.borrow().peers.get(&slot).filter(|p| p.version >= 3) {
+            peer.link.send(ToAgent::StopAccepting.to_frame().into(), None);
         }
     }
 

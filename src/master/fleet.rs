@@ -183,6 +183,7 @@ impl Master {
     /// Drains a worker, then stops it.
     async fn retire(self: &Rc<Self>, slot: u16) -> Result<(), String> {
         self.st.borrow_mut().router.drain(slot);
+        self.stop_accepting(slot);
         self.worker_changed();
         tokio::time::sleep(self.cfg.timeouts.drain_ms).await;
         let result = self.supervisor.stop(&self.cfg, slot).await;

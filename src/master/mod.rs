@@ -10,6 +10,10 @@
 //! routed -> either handed off (held until the agent confirms Node got it,
 //! re-routed if not) or waiting for a worker (bounded), or answered by the
 //! master itself (400, 408, 431, 503; always `Connection: close`).
+//!
+//! With websocket alone (config `transports`) there is nothing to route:
+//! the master accepts nothing and hands the app's sockets to each agent
+//! that joins ([`ToAgent::Listener`]); its workers accept themselves.
 
 mod accept;
 mod bridging;
@@ -266,6 +270,9 @@ pub struct Master {
     adopted: Notify,
     /// The bridge to Redis, if the app names one (set once running).
     bridge: std::cell::OnceCell<bridging::HostBridge>,
+    /// The app's listening sockets, held for the agents when the workers
+    /// accept themselves (config `transports`: websocket alone).
+    worker_listeners: RefCell<Vec<Rc<OwnedFd>>>,
 }
 
 impl Master {
@@ -305,6 +312,7 @@ impl Master {
             adopting,
             adopted: Notify::new(),
             bridge: std::cell::OnceCell::new(),
+            worker_listeners: RefCell::default(),
         }))
     }
 
@@ -313,15 +321,24 @@ impl Master {
     /// bounds), and the workers are stopped if they stop with the master.
     pub async fn run(self: Rc<Self>, listeners: Listeners, mut shutdown: Shutdown) {
         let doors = self.doors.borrow_mut().take().expect("a master runs once");
-        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %doors.endpoints.bus.display(), control = %doors.endpoints.control.display(), instances = self.desired.get(), "master started");
+        let workers_accept = self.cfg.transports.workers_accept();
+        info!(app = %self.cfg.app, listen = ?self.listen, activated = self.activated, bus = %doors.endpoints.bus.display(), control = %doors.endpoints.control.display(), instances = self.desired.get(), accepting = if workers_accept { "workers" } else { "master" }, "master started");
+        // With websocket alone no session needs routing: the workers accept
+        // on the app's sockets themselves, handed over as each agent joins.
+        let accepting: Vec<_> = if workers_accept {
+            *self.worker_listeners.borrow_mut() =
+                listeners.sockets.into_iter().map(|l| Rc::new(OwnedFd::from(l))).collect();
+            Vec::new()
+        } else {
+            listeners
+                .sockets
+                .into_iter()
+                .map(|l| tokio::task::spawn_local(self.clone().accept_loop(l, shutdown.clone())))
+                .collect()
+        };
         let bound_here = doors.bound_here;
         let doors: Vec<_> =
             doors.listeners.into_iter().map(|(d, l)| tokio::task::spawn_local(self.clone().bus_loop(d, l))).collect();
-        let accepting: Vec<_> = listeners
-            .sockets
-            .into_iter()
-            .map(|l| tokio::task::spawn_local(self.clone().accept_loop(l, shutdown.clone())))
-            .collect();
         let background = [
             tokio::task::spawn_local(self.clone().expire_waiting()),
             tokio::task::spawn_local(self.clone().report_to_systemd()),

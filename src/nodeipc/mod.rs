@@ -27,6 +27,12 @@ pub const READY_TYPE: &str = "sio:ready";
 /// The message type in which the preload batches this worker's own
 /// sessions, opened and closed (sids separated by spaces; see `preload.js`).
 pub const SESSIONS_TYPE: &str = "sio:sessions";
+/// The preload's heartbeat, from a worker that accepts connections itself
+/// (nothing else would show that its event loop runs).
+pub const ALIVE_TYPE: &str = "sio:alive";
+/// What the parent tells a worker that accepts itself when it is retired:
+/// close the listening sockets, keep the sessions (see `preload.js`).
+pub const STOP_ACCEPTING_TYPE: &str = "sio:stop-accepting";
 
 /// Routing header of a cluster-adapter frame; the frame itself is relayed
 /// byte for byte.
@@ -127,6 +133,8 @@ pub enum FromChild {
     },
     /// The preload's readiness signal.
     Ready,
+    /// The preload's heartbeat.
+    Alive,
     Adapter(AdapterHeader),
     /// The app's own `process.send()`: never relayed to other workers.
     App,
@@ -175,6 +183,7 @@ fn classify_message(
         Some(sid) if is_type("sticky:connection") => FromChild::SessionOpened(sid),
         Some(sid) if is_type("sticky:disconnection") => FromChild::SessionClosed(sid),
         _ if is_type(READY_TYPE) => FromChild::Ready,
+        _ if is_type(ALIVE_TYPE) => FromChild::Alive,
         _ if is_type(SESSIONS_TYPE) => {
             let sids = |key| {
                 string_field(msg, key)
@@ -222,6 +231,11 @@ pub fn sticky_handoff_frame() -> Vec<u8> {
         ("type", Value::str("net.Socket")),
         ("msg", Value::object([("type", Value::str("sticky:connection")), ("data", Value::buffer(Vec::new()))])),
     ]))
+}
+
+/// `{type:"sio:stop-accepting"}`, for the preload of a retired worker.
+pub fn stop_accepting_frame() -> Vec<u8> {
+    v8::encode_frame(&Value::object([("type", Value::str(STOP_ACCEPTING_TYPE))]))
 }
 
 /// `{cmd:"NODE_HANDLE_ACK"}`: what a receiver of a handle answers.

@@ -5,14 +5,30 @@
 // other server; socketsJoin on one server then a room emit from another
 // reach everyone.
 //   cluster.js PORT [PORT...]   one entry point per host
+// --websocket-only: every client connects with websocket alone, and the
+// kernel, not a router, picks each one's worker: the last client of a host
+// is kept for a worker none of the others reached (within 30 tries).
 const { sleep, connect, emitAck, report, run } = require("./lib");
-const ports = process.argv.slice(2);
+const websocketOnly = process.argv.includes("--websocket-only");
+const ports = process.argv.slice(2).filter((a) => a !== "--websocket-only");
 
 run(async () => {
   const clients = [];
   const perPort = ports.length === 1 ? 8 : 4;
   for (const [h, port] of ports.entries()) {
-    for (let i = 0; i < perPort; i++) clients.push(await connect(port, `h${h}c${i}`, { transports: i % 2 ? ["websocket"] : ["polling", "websocket"] }));
+    const here = [];
+    for (let i = 0, tries = 0; i < perPort; tries++) {
+      const transports = websocketOnly || i % 2 ? ["websocket"] : ["polling", "websocket"];
+      const c = await connect(port, `h${h}c${i}`, { transports });
+      const last = i === perPort - 1;
+      if (websocketOnly && last && tries < 30 && here.every((o) => o.worker === c.worker)) {
+        c.socket.disconnect();
+        continue;
+      }
+      here.push(c);
+      i++;
+    }
+    clients.push(...here);
   }
   const workers = [...new Set(clients.map((c) => c.worker))].sort();
   const first = (w) => clients.find((c) => c.worker === w);
