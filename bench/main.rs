@@ -37,9 +37,11 @@ struct Args {
     /// Targets, in the order they run in each round. The cross-host ones,
     /// `bridge` and `app-redis`, are two sio hosts on a redis-server and run
     /// only the `hosts` workload; `sio-baseline` is sio run from the
-    /// `--baseline` binary; `shared` is two Node workers on one shared
-    /// socket with no router (websocket workloads only).
-    #[arg(long, value_delimiter = ',', default_value = "sio,pm2,sticky,node,shared,floor,bridge,app-redis")]
+    /// `--baseline` binary; `sio-ws` is sio with `"transports":
+    /// ["websocket"]` (its workers accept themselves) and `shared` two Node
+    /// workers on one shared socket with no router (both websocket
+    /// workloads only).
+    #[arg(long, value_delimiter = ',', default_value = "sio,sio-ws,pm2,sticky,node,shared,floor,bridge,app-redis")]
     targets: Vec<String>,
     /// Seconds of each saturation window.
     #[arg(long, default_value_t = 10)]

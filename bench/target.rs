@@ -12,6 +12,9 @@ use std::time::{Duration, Instant};
 pub enum Kind {
     /// `sio up`, 2 workers.
     Sio,
+    /// The same with `"transports": ["websocket"]`: the workers accept
+    /// themselves, no router on the path. Websocket only.
+    SioWs,
     /// The same with another sio binary (`--baseline`): a change measured
     /// against the build before it in one run.
     SioBaseline,
@@ -28,11 +31,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [Kind::Sio, Kind::SioBaseline, Kind::Pm2, Kind::Sticky, Kind::Node, Kind::Shared];
+    pub const ALL: [Kind; 7] =
+        [Kind::Sio, Kind::SioWs, Kind::SioBaseline, Kind::Pm2, Kind::Sticky, Kind::Node, Kind::Shared];
 
     pub fn name(self) -> &'static str {
         match self {
             Kind::Sio => "sio",
+            Kind::SioWs => "sio-ws",
             Kind::SioBaseline => "sio-baseline",
             Kind::Pm2 => "pm2",
             Kind::Sticky => "sticky",
@@ -44,7 +49,7 @@ impl Kind {
     /// Whether every request of a session reaches its worker (long-polling
     /// works).
     pub fn sticky(self) -> bool {
-        self != Kind::Shared
+        !matches!(self, Kind::Shared | Kind::SioWs)
     }
 
     pub fn workers(self) -> usize {
@@ -102,7 +107,7 @@ impl Target {
         let log = std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?;
         let worker = paths.node_dir.join("worker.js");
         let mut command = match kind {
-            Kind::Sio | Kind::SioBaseline => {
+            Kind::Sio | Kind::SioWs | Kind::SioBaseline => {
                 // The app's name is the file's: one per port, so two hosts
                 // can run side by side.
                 let config = dir.join(format!("bench-{port}.json"));
@@ -112,6 +117,9 @@ impl Target {
                     "instances": 2,
                     "listen": addr.to_string(),
                 });
+                if kind == Kind::SioWs {
+                    json["transports"] = serde_json::json!(["websocket"]);
+                }
                 match across {
                     Across::Nothing => {}
                     Across::Bridge(url) => json["redis"] = serde_json::json!({ "url": url }),
@@ -205,7 +213,7 @@ impl Target {
         match self.kind {
             Kind::Node => vec![self.child.id()],
             // The master's children are the agents, theirs the Node workers.
-            Kind::Sio | Kind::SioBaseline => {
+            Kind::Sio | Kind::SioWs | Kind::SioBaseline => {
                 table.children(self.root()).into_iter().flat_map(|agent| table.children(agent)).collect()
             }
             Kind::Pm2 | Kind::Sticky | Kind::Shared => table.children(self.root()),
@@ -216,9 +224,11 @@ impl Target {
     pub fn routers(&self, table: &Table) -> Vec<Router> {
         match self.kind {
             Kind::Node => vec![],
-            Kind::Sio | Kind::SioBaseline => std::iter::once(Router { role: "master".into(), pid: self.root() })
-                .chain(table.children(self.root()).into_iter().map(|pid| Router { role: "agent".into(), pid }))
-                .collect(),
+            Kind::Sio | Kind::SioWs | Kind::SioBaseline => {
+                std::iter::once(Router { role: "master".into(), pid: self.root() })
+                    .chain(table.children(self.root()).into_iter().map(|pid| Router { role: "agent".into(), pid }))
+                    .collect()
+            }
             Kind::Pm2 => vec![Router { role: "God".into(), pid: self.root() }],
             Kind::Sticky => vec![Router { role: "primary".into(), pid: self.root() }],
             // Its primary relays broadcasts (cluster-adapter's setupPrimary)
