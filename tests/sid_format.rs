@@ -1,5 +1,6 @@
-//! The sids the Node preload generates name their worker's slot exactly as
-//! the master decodes them (`src/sid.rs`), and carry the host's tag.
+//! The Node preload run alone: the sids it generates name their worker's
+//! slot exactly as the master decodes them (`src/sid.rs`) and carry the
+//! host's tag; it leaves out of engine.io the transports the config does.
 
 mod common;
 
@@ -66,5 +67,44 @@ fn a_hosts_sids_carry_its_tag_where_a_load_balancer_reads_it() {
             let after: std::collections::HashSet<_> = ids.iter().map(|id| &id[3..4]).collect();
             assert!(after.len() > 32, "{after:?}");
         }
+    });
+}
+
+/// engine.io's transports, under the preload with `SIO_TRANSPORTS` as the
+/// agent sets it (unset: as an agent before the setting did).
+fn engine_transports(preload: &Path, sio_transports: Option<&str>, app_asks: &str) -> String {
+    let script = format!(
+        r#"
+        const {{ Server }} = require("engine.io");
+        const s = new Server({{ transports: {app_asks} }});
+        console.log(JSON.stringify(s.opts.transports));
+        s.close();
+    "#
+    );
+    let mut cmd = Command::new("node");
+    cmd.args(["--require", preload.to_str().unwrap(), "-e", &script])
+        .current_dir(common::node_dir())
+        .env("SIO_WORKER_SLOT", "1")
+        .env_remove("SIO_TRANSPORTS");
+    if let Some(t) = sio_transports {
+        cmd.env("SIO_TRANSPORTS", t);
+    }
+    let out = cmd.output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap().trim().to_owned()
+}
+
+#[test]
+fn the_preload_leaves_out_the_transports_the_config_does_and_no_other() {
+    with_preload(|preload| {
+        let all = r#"["polling", "websocket", "webtransport"]"#;
+        // WebTransport never reaches sio (HTTP/3): it stays the app's.
+        assert_eq!(engine_transports(preload, Some("websocket"), all), r#"["websocket","webtransport"]"#);
+        assert_eq!(
+            engine_transports(preload, Some("polling websocket"), all),
+            r#"["polling","websocket","webtransport"]"#
+        );
+        assert_eq!(engine_transports(preload, None, all), r#"["polling","websocket","webtransport"]"#);
+        assert_eq!(engine_transports(preload, Some("websocket"), r#"["polling"]"#), "[]");
     });
 }

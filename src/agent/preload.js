@@ -45,7 +45,10 @@ if (process.env.SIO_NODE_OPTIONS !== undefined) {
 
 const ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
 const slot = Number(process.env.SIO_WORKER_SLOT);
-const transports = (process.env.SIO_TRANSPORTS || "").split(" ").filter(Boolean);
+// The transports sio serves that the config leaves out (others, such as
+// webtransport, never reach sio and are the app's business).
+const allowed = (process.env.SIO_TRANSPORTS ?? "polling websocket").split(" ");
+const refused = ["polling", "websocket"].filter((t) => !allowed.includes(t));
 const listenFds = (process.env.SIO_LISTEN_FDS || "").split(" ").filter(Boolean).map(Number);
 const heartbeatMs = Number(process.env.SIO_HEARTBEAT_MS);
 for (const name of ["SIO_TRANSPORTS", "SIO_LISTEN_FDS", "SIO_HEARTBEAT_MS"]) delete process.env[name];
@@ -75,14 +78,14 @@ function patchEngineIo(eio) {
     }
   }
   const Server = eio && eio.Server;
-  if (transports.length > 0 && typeof Server === "function" && !Server.prototype.__sioTransports) {
+  if (refused.length > 0 && typeof Server === "function" && !Server.prototype.__sioTransports) {
     Object.defineProperty(Server.prototype, "__sioTransports", { value: true });
     const init = Server.prototype.init;
     Server.prototype.init = function () {
       const asked = this.opts.transports;
-      this.opts.transports = asked.filter((t) => transports.includes(t));
+      this.opts.transports = asked.filter((t) => !refused.includes(t));
       if (this.opts.transports.length === 0) {
-        console.error(`sio: the app's transports ${JSON.stringify(asked)} and sio's (config \`transports\`) ${JSON.stringify(transports)} have none in common: every client is refused`);
+        console.error(`sio: the app's transports ${JSON.stringify(asked)} are all left out by sio's config (\`transports\`): every client is refused`);
       }
       return init.apply(this, arguments);
     };
