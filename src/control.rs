@@ -142,6 +142,10 @@ pub struct Status {
     #[serde(default)]
     pub metrics: Option<SocketAddr>,
     pub activated: bool,
+    /// Whether the workers accept connections themselves (websocket alone):
+    /// then the master's connection figures stay at 0.
+    #[serde(default)]
+    pub workers_accept: bool,
     pub workers: Vec<WorkerStatus>,
     pub sessions: u64,
     /// Connections accepted whose head is not complete yet.

@@ -193,6 +193,7 @@ mod tests {
             listen: Vec::new(),
             metrics: None,
             activated: false,
+            workers_accept: false,
             workers: vec![worker],
             sessions: 7,
             reading_heads: 0,

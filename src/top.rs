@@ -153,6 +153,7 @@ mod tests {
                 listen: Vec::new(),
                 metrics: None,
                 activated: false,
+                workers_accept: false,
                 workers: vec![worker],
                 sessions: 1234,
                 reading_heads: 0,

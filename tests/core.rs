@@ -73,6 +73,10 @@ fn with_websocket_alone_the_workers_accept_themselves_and_polling_is_refused() {
     assert_one_socket_io_cluster(&r, 8, 2);
     let status = app.status();
     assert_eq!(status["counters"]["accepted"], 0, "no connection went through the master: {status}");
+    assert_eq!(status["workers_accept"], true, "{status}");
+    let text = app.sioctl().args(["status", &app.name]).output().unwrap();
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains("; the workers accept (websocket alone)"), "sioctl status says so: {text}");
     // A polling handshake reaches a worker, whose engine refuses it.
     let mut s = std::net::TcpStream::connect(("127.0.0.1", app.port)).unwrap();
     s.write_all(b"GET /socket.io/?EIO=4&transport=polling HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();

@@ -205,7 +205,9 @@ pub async fn run(cfg: AppConfig, slot: u16) -> Exit {
         // worker would hold every connection sent to it, and look the least
         // loaded since it announces nothing: kill it (it cannot run a
         // SIGTERM handler anyway); its connections go back to the master
-        // with their heads unread, and its supervisor restarts it.
+        // with their heads unread, and its supervisor restarts it. A worker
+        // that accepts itself takes no new connection while hung (the
+        // others do): its heartbeat tells.
         why = agent.hung() => {
             error!(app = %agent.cfg.app, worker = slot, pid, "the worker {why} for {:?}: its event loop is stuck; killed", agent.cfg.timeouts.handoff_ms);
             let _ = child.kill().await;

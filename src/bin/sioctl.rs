@@ -80,12 +80,13 @@ fn print_status(s: &Status) {
     let listen: Vec<String> = s.listen.iter().map(|a| a.to_string()).collect();
     let m = s.master.clone().unwrap_or_default();
     println!(
-        "master pid {}, {} memory, {} CPU, listening on {}{}",
+        "master pid {}, {} memory, {} CPU, listening on {}{}{}",
         s.pid,
         mib(m.memory_bytes),
         seconds(m.cpu_ns),
         listen.join(", "),
-        if s.activated { " (socket-activated)" } else { "" }
+        if s.activated { " (socket-activated)" } else { "" },
+        if s.workers_accept { "; the workers accept (websocket alone)" } else { "" }
     );
     if let Some(m) = s.metrics {
         println!("metrics at http://{m}/metrics");

@@ -641,6 +641,7 @@ impl Master {
             listen: self.listen.clone(),
             metrics: self.metrics,
             activated: self.activated,
+            workers_accept: self.cfg.transports.workers_accept(),
             sessions: workers.iter().map(|w| u64::from(w.sessions)).sum(),
             workers,
             reading_heads: st.reading_heads,
