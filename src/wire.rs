@@ -33,9 +33,10 @@ use std::fmt;
 /// the master sends version 1 peers what version 1 knows. Version 3 hands
 /// the app's listening sockets to agents whose workers accept connections
 /// themselves ([`ToAgent::Listener`], [`ToAgent::StopAccepting`]; config
-/// `transports`): a master knows that an agent of version 2 or older would
-/// never start its worker.
+/// `transports`), which an agent of version 2 or older would skip.
 pub const PROTOCOL_VERSION: u16 = 3;
+/// The first version in which agents take the app's listening sockets.
+pub const LISTENERS_VERSION: u16 = 3;
 /// The oldest bus protocol this build still speaks.
 pub const MIN_PROTOCOL_VERSION: u16 = 1;
 

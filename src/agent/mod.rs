@@ -392,7 +392,10 @@ impl Agent {
                 Err(e) if is_disconnect(&e) => return,
                 Err(e) => return error!(app = %self.cfg.app, worker = self.slot, "worker channel: {e}"),
             };
-            self.last_heard.set(Some(Instant::now()));
+            // Only a worker that accepts itself is watched by what it says.
+            if self.cfg.transports.workers_accept() {
+                self.last_heard.set(Some(Instant::now()));
+            }
             match nodeipc::classify(payload) {
                 Ok(msg) => {
                     let frame = if matches!(msg, FromChild::Adapter(_)) { Some(node_frame(payload)) } else { None };
@@ -519,11 +522,11 @@ impl Agent {
             // The master answers with the version both speak: ours or older.
             Ok(Some(Ok(ToAgent::Welcome { version })))
                 if (MIN_PROTOCOL_VERSION..=PROTOCOL_VERSION).contains(&version)
-                    && (version >= 3 || !self.awaits_listeners()) =>
+                    && (version >= wire::LISTENERS_VERSION || !self.awaits_listeners()) =>
             {
                 version
             }
-            Ok(Some(Ok(ToAgent::Welcome { version }))) if version < 3 && self.awaits_listeners() => {
+            Ok(Some(Ok(ToAgent::Welcome { version }))) if self.awaits_listeners() => {
                 return Err(format!(
                     "the master speaks bus protocol {version}, too old to hand over the app's sockets (config `transports`: websocket alone)"
                 ))

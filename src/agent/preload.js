@@ -22,8 +22,8 @@
 //    `{type: "sio:sessions", opened: "sid sid…", closed: "sid…"}`. Foreign
 //    sids (an app's own generateId) are routed by their announcement and
 //    still go at once.
-// 5. Websocket alone (config `transports`): the engine refuses the other
-//    transports, and the worker accepts on the app's listening sockets
+// 5. Websocket alone (config `transports`): the engine refuses long-polling,
+//    and the worker accepts on the app's listening sockets
 //    itself (SIO_LISTEN_FDS, inherited from the agent) once it is ready,
 //    each connection given to sticky's setupWorker exactly as a handed-off
 //    one would be. With no handoff to answer, a heartbeat every

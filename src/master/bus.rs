@@ -346,23 +346,25 @@ impl Master {
         if listeners.is_empty() {
             return;
         }
-        if version < 3 {
+        if version < wire::LISTENERS_VERSION {
             return warn!(app = %self.cfg.app, worker = slot, version, "this worker's agent speaks bus protocol {version}, too old to accept connections itself (config `transports`: websocket alone): it takes none until restarted");
         }
-        let count = u16::try_from(listeners.len()).unwrap_or(u16::MAX);
-        for (index, fd) in listeners.iter().take(usize::from(count)).enumerate() {
+        // A few addresses (`listen`), never near u16::MAX.
+        let count = listeners.len() as u16;
+        for (index, fd) in listeners.iter().enumerate() {
             let frame = ToAgent::Listener { index: index as u16, count }.to_frame();
             link.send(frame.into(), Some(fd.clone()));
         }
     }
 
-    /// A worker that accepts itself is told to stop (its agent of version
-    /// 3 or later got the sockets: see [`Self::hand_listeners`]).
+    /// A worker that accepts itself is told to stop (if its agent speaks
+    /// [`wire::LISTENERS_VERSION`], it got the sockets: see
+    /// [`Self::hand_listeners`]).
     pub(super) fn stop_accepting(&self, slot: u16) {
         if self.worker_listeners.borrow().is_empty() {
             return;
         }
-        if let Some(peer) = self.st.borrow().peers.get(&slot).filter(|p| p.version >= 3) {
+        if let Some(peer) = self.st.borrow().peers.get(&slot).filter(|p| p.version >= wire::LISTENERS_VERSION) {
             peer.link.send(ToAgent::StopAccepting.to_frame().into(), None);
         }
     }
