@@ -384,6 +384,27 @@ fn with_websocket_alone_a_hung_worker_is_killed_for_its_silent_heartbeat() {
 }
 
 #[test]
+fn a_reload_into_websocket_alone_without_a_master_restart_keeps_the_workers_and_says_why() {
+    // The README asks for a restart of the master, then a reload. Forget the
+    // restart: the new agents read the new config and wait for sockets this
+    // master never hands over.
+    let app = App::start_with(2, json!({"timeouts": {"ready_ms": 5000}}));
+    let before = agent_pids(&app.status());
+    let mut cfg: serde_json::Value = serde_json::from_slice(&std::fs::read(&app.config).unwrap()).unwrap();
+    cfg["transports"] = json!(["websocket"]);
+    std::fs::write(&app.config, serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
+    let out = app.sioctl().args(["reload", &app.name]).output().unwrap();
+    let said = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success() && said.contains("kept"), "{said}");
+    assert!(app.log().contains("no listening socket from the master yet"), "the new agent says why: {}", app.log());
+    let status = app.status();
+    assert_eq!(agent_pids(&status), before, "the old workers serve on: {status}");
+    // Long-polling too: the master still routes with its own config.
+    let r = Holder::start(app.port, 10, "polling,websocket").report();
+    assert!(all_connected(&r), "{r}");
+}
+
+#[test]
 fn a_stalled_worker_does_not_block_the_relay() {
     let app = App::start_with(3, json!({"limits": {"bus_queue_bytes": 2 << 20}}));
     let (mut flood, ready) = Scenario::start("flood.js", &[&app.port.to_string(), "w3", "400"]);
