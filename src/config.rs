@@ -300,8 +300,8 @@ pub const FIELDS: &[Field] = &[
     Field { name: "control_group", default: "none", meaning: "a group whose members may scale and reload (besides root and the master's user)" },
     Field { name: "host_tag", default: "none", meaning: "one character (`A`–`Z`, `a`–`z`, `0`–`9`, `-`, `_`) this host puts third in every session id, so that a load balancer in front of several hosts can send each session's requests to the host that owns it" },
     Field { name: "redis.url", default: "none", meaning: "a Redis server (`\"redis://10.0.0.5:6379\"`, `\"redis+unix:///run/redis.sock\"`) through which the master bridges this host's cluster adapter to the other hosts', in the format of `@socket.io/redis-streams-adapter` 0.3 (see Several hosts)" },
-    Field { name: "redis.channel_prefix", default: "`\"socket.io\"`", meaning: "the adapter's `channelPrefix`: the same on every host" },
-    Field { name: "redis.stream_name", default: "`\"socket.io\"`", meaning: "the adapter's `streamName`: the same on every host" },
+    Field { name: "redis.channel_prefix", default: "`\"sio:APP\"`", meaning: "the adapter's `channelPrefix`: the same on every host of the app (per app by default, so that two apps on one Redis are not one cluster; `\"socket.io\"` is what a plain Node host's adapter uses unless told otherwise)" },
+    Field { name: "redis.stream_name", default: "`\"sio:APP\"`", meaning: "the adapter's `streamName`: the same on every host of the app (`\"socket.io\"` for a plain Node host's default)" },
 ];
 
 /// The host bridge to Redis (`"redis"` in `APP.json`).
@@ -309,14 +309,17 @@ pub const FIELDS: &[Field] = &[
 #[serde(deny_unknown_fields)]
 pub struct RedisConfig {
     pub url: String,
-    #[serde(default = "default_redis_name")]
+    /// Empty until the config is checked, then the app's default if unset.
+    #[serde(default)]
     pub channel_prefix: String,
-    #[serde(default = "default_redis_name")]
+    #[serde(default)]
     pub stream_name: String,
 }
 
-fn default_redis_name() -> String {
-    "socket.io".into()
+/// The default of both Redis names: per app, so that two apps bridged to
+/// one Redis do not become one cluster by accident.
+fn default_redis_name(app: &str) -> String {
+    format!("sio:{app}")
 }
 
 /// An app as written in `APP.json`.
@@ -606,8 +609,13 @@ impl AppConfig {
             if let Err(e) = crate::bridge::redis::check_url(&r.url) {
                 return Err(err("redis.url".into(), &format!("not a Redis URL this build can use: {e}")));
             }
-            if r.channel_prefix.is_empty() || r.stream_name.is_empty() {
-                return Err(err("redis".into(), "channel_prefix and stream_name must not be empty"));
+        }
+        let mut redis = raw.redis;
+        if let Some(r) = &mut redis {
+            for name in [&mut r.channel_prefix, &mut r.stream_name] {
+                if name.is_empty() {
+                    *name = default_redis_name(&app);
+                }
             }
         }
         Ok(AppConfig {
@@ -624,7 +632,7 @@ impl AppConfig {
             control_group: raw.control_group,
             metrics: raw.metrics,
             host_tag: raw.host_tag,
-            redis: raw.redis,
+            redis,
         })
     }
 
@@ -854,6 +862,18 @@ mod tests {
         assert_eq!(c.instances, Instances::Count(3));
         assert_eq!(c.listen.len(), 2);
         assert!(Instances::Max.resolve() >= 1);
+    }
+
+    #[test]
+    fn the_redis_names_default_to_the_apps_own_and_rediss_is_refused_by_name() {
+        let path = std::path::Path::new("/etc/sio/chat.json");
+        let c = AppConfig::parse(path, r#"{"command": ["n"], "redis": {"url": "redis://127.0.0.1"}}"#).unwrap();
+        let r = c.redis.unwrap();
+        assert_eq!((r.channel_prefix.as_str(), r.stream_name.as_str()), ("sio:chat", "sio:chat"));
+        let text = r#"{"command": ["n"], "redis": {"url": "redis://h", "channel_prefix": "socket.io"}}"#;
+        assert_eq!(AppConfig::parse(path, text).unwrap().redis.unwrap().channel_prefix, "socket.io");
+        let tls = AppConfig::parse(path, r#"{"command": ["n"], "redis": {"url": "rediss://h:6380"}}"#);
+        assert!(tls.unwrap_err().to_string().contains("TLS (rediss://) is not built in"));
     }
 
     #[test]

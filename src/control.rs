@@ -125,6 +125,10 @@ pub struct Counters {
     /// bridge's queue was full.
     #[serde(default)]
     pub bridge_dropped: u64,
+    /// Messages from Redis the bridge refused (malformed, unknown, or past
+    /// a bound): none reached a worker.
+    #[serde(default)]
+    pub bridge_rejected: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

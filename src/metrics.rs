@@ -87,6 +87,11 @@ pub fn render(status: &Status) -> String {
             "Messages for the other hosts the bridge dropped: Redis was away and its queue full.",
             c.bridge_dropped,
         ),
+        (
+            "sio_bridge_rejected_messages_total",
+            "Messages from Redis the bridge refused: malformed, unknown, or past a bound; none reached a worker.",
+            c.bridge_rejected,
+        ),
     ];
     for (name, help, value) in counters {
         p.one(name, "counter", help, value as f64);

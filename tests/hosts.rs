@@ -59,6 +59,33 @@ impl Redis {
         }
     }
 
+    /// Sends commands as raw RESP on one connection (binary-safe, any
+    /// bytes a hostile peer could send), and waits for every reply.
+    fn pipeline(&self, commands: &[Vec<&[u8]>]) {
+        let mut s = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        let mut out = Vec::new();
+        for args in commands {
+            out.extend(format!("*{}\r\n", args.len()).into_bytes());
+            for a in args {
+                out.extend(format!("${}\r\n", a.len()).into_bytes());
+                out.extend_from_slice(a);
+                out.extend_from_slice(b"\r\n");
+            }
+        }
+        s.write_all(&out).unwrap();
+        // One line per reply: XADD answers an id, PUBLISH a count.
+        let mut reader = BufReader::new(s);
+        for _ in commands {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.starts_with('$') {
+                line.clear();
+                reader.read_line(&mut line).unwrap();
+            }
+            assert!(!line.starts_with('-'), "Redis refused a command: {line}");
+        }
+    }
+
     fn ping(&self) -> bool {
         let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.port)) else { return false };
         s.set_read_timeout(Some(Duration::from_secs(1))).unwrap();
@@ -187,7 +214,10 @@ fn two_sio_hosts_and_a_plain_node_host_on_the_apps_own_redis_adapter() {
 /// A sio host whose unchanged cluster-adapter workers reach the other
 /// hosts through its master's bridge to Redis.
 fn bridged_host(name: &str, redis: &Redis) -> App {
-    App::start_with(2, json!({ "env": { "HOST_NAME": name }, "redis": { "url": redis.url() } }))
+    App::start_with(
+        2,
+        json!({ "env": { "HOST_NAME": name }, "redis": { "url": redis.url(), "channel_prefix": "socket.io", "stream_name": "socket.io" } }),
+    )
 }
 
 /// A Redis and two bridged hosts on it, `a` and `b`.
@@ -239,6 +269,86 @@ fn unchanged_cluster_adapter_workers_on_two_bridged_hosts_and_a_plain_redis_stre
         }
     }
     assert_eq!(r["roomReached"].as_u64(), Some(clients), "socketsJoin on one host, a room emit from another: {r}");
+}
+
+#[test]
+fn malformed_messages_on_redis_restart_no_worker_and_are_counted_and_made_up_servers_join_no_cluster() {
+    // What any peer of the shared Redis can send: each of the first five
+    // killed every bridged worker before (socket.io-adapter throws on a
+    // request without `data`; Node's IPC refuses a nil object key).
+    let (redis, a, b) = two_bridged_hosts();
+    // The bridges probe for the other servers every 2 s.
+    std::thread::sleep(Duration::from_secs(3));
+    let pids = (a.worker_pids(), b.worker_pids());
+    let rss_before = rss_kib(a.pid());
+    let xadd = |fields: &[&'static [u8]]| {
+        let mut args: Vec<&[u8]> = vec![b"XADD", b"socket.io", b"*"];
+        args.extend_from_slice(fields);
+        args
+    };
+    // msgpack {uid: "evil", nsp: "/", type: 3, data: {nil: 1}}
+    let nil_key_payload: &[u8] = &[
+        0x84, 0xa3, b'u', b'i', b'd', 0xa4, b'e', b'v', b'i', b'l', 0xa3, b'n', b's', b'p', 0xa1, b'/', 0xa4, b't',
+        b'y', b'p', b'e', 0x03, 0xa4, b'd', b'a', b't', b'a', 0x81, 0xc0, 0x01,
+    ];
+    let long_uid = vec![b'u'; 100_000];
+    let mut long = xadd(&[b"nsp", b"/", b"type", b"2", b"uid"]);
+    long.push(&long_uid);
+    let malformed = vec![
+        xadd(&[b"uid", b"evil", b"nsp", b"/", b"type", b"3"]),
+        xadd(&[b"uid", b"evil", b"nsp", b"/", b"type", b"7", b"data", b"{}"]),
+        // base64 of msgpack {nil: 1}
+        xadd(&[b"uid", b"evil", b"nsp", b"/", b"type", b"3", b"data", b"gcAB"]),
+        vec![b"PUBLISH" as &[u8], b"socket.io#/#", nil_key_payload],
+        long,
+        xadd(&[b"uid", b"evil", b"nsp", b"/", b"type", b"42", b"data", b"{}"]),
+    ];
+    redis.pipeline(&malformed);
+    // A flood of made-up servers, each saying hello.
+    let names: Vec<Vec<u8>> = (0..20_000).map(|i| format!("fake{i:05}").into_bytes()).collect();
+    let flood: Vec<Vec<u8>> = names
+        .iter()
+        .map(|uid| {
+            // msgpack {uid: <9 bytes>, nsp: "/", type: 1}
+            let mut m = vec![0x83, 0xa3, b'u', b'i', b'd', 0xa9];
+            m.extend_from_slice(uid);
+            m.extend_from_slice(&[0xa3, b'n', b's', b'p', 0xa1, b'/', 0xa4, b't', b'y', b'p', b'e', 0x01]);
+            m
+        })
+        .collect();
+    let flood: Vec<Vec<&[u8]>> = flood.iter().map(|m| vec![b"PUBLISH" as &[u8], b"socket.io#/#", m]).collect();
+    redis.pipeline(&flood);
+    std::thread::sleep(Duration::from_secs(3));
+    let rss_after = rss_kib(a.pid());
+    eprintln!("host A's master: {rss_before} KiB before, {rss_after} KiB after the malformed messages and 20,000 made-up servers");
+    for (host, before) in [(&a, &pids.0), (&b, &pids.1)] {
+        assert_eq!(&host.worker_pids(), before, "no worker restarted: {}", host.log());
+        let rejected = host.status()["counters"]["bridge_rejected"].as_u64();
+        assert_eq!(
+            rejected,
+            Some(malformed.len() as u64),
+            "each malformed message refused and counted: {}",
+            host.log()
+        );
+        let log = host.log();
+        assert!(log.contains("bridge refused a message from Redis"), "{log}");
+        assert!(log.matches("bridge refused a message from Redis").count() < 3, "said at a bounded rate: {log}");
+    }
+    assert!(rss_after < rss_before + 32 * 1024, "the master stays bounded ({rss_before} -> {rss_after} KiB)");
+    // Still one cluster: every worker counts itself, its sibling and the
+    // other host, and none of the made-up servers.
+    let r = node("cluster.js", &[&a.port.to_string(), &b.port.to_string()]);
+    assert_eq!(r["clients"], 8, "{r}");
+    for (server, reached) in r["emitReachesAll"].as_object().unwrap() {
+        assert_eq!(reached.as_u64(), Some(8), "io.emit from {server} reaches every client: {r}");
+    }
+    for (server, count) in r["counts"].as_object().unwrap() {
+        assert_eq!(count["count"].as_u64(), Some(8), "fetchSockets on {server} sees every client: {r}");
+        assert_eq!(count["servers"].as_u64(), Some(3), "serverCount on {server}: {r}");
+    }
+    for (server, sse) in r["sse"].as_object().unwrap() {
+        assert_eq!(sse["err"], Value::Null, "serverSideEmit from {server} is answered: {r}");
+    }
 }
 
 #[test]

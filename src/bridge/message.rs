@@ -179,7 +179,7 @@ fn has_binary(v: &Mp) -> bool {
 /// is nil, every view or buffer is binary, and what has no msgpack form
 /// (a back-reference, a `RegExp`) is nil.
 pub fn v8_to_msgpack(v: &V8) -> Mp {
-    let props = |p: &[(V8, V8)]| Mp::Map(p.iter().map(|(k, v)| (v8_key(k), v8_to_msgpack(v))).collect());
+    let props = |p: &[(V8, V8)]| Mp::Map(p.iter().filter_map(|(k, v)| Some((v8_key(k)?, v8_to_msgpack(v)))).collect());
     match v {
         V8::Undefined | V8::Null => Mp::Nil,
         V8::Bool(b) | V8::BooleanObject(b) => Mp::Boolean(*b),
@@ -211,13 +211,22 @@ pub fn v8_to_msgpack(v: &V8) -> Mp {
     }
 }
 
-fn v8_key(k: &V8) -> Mp {
+/// A key as a string, as JavaScript makes an object's property key of it
+/// (`String(key)`), since every reader of the message on Redis builds
+/// plain objects, and Node's IPC refuses an object key that is not a
+/// string or a number. A `Map` key that has no such form (an object, an
+/// array, binary) is left out, with its value.
+fn v8_key(k: &V8) -> Option<Mp> {
     match k {
-        V8::String(s) => Mp::from(s.to_string_lossy()),
+        V8::String(s) => Some(Mp::from(s.to_string_lossy())),
         other => match v8_to_msgpack(other) {
-            Mp::Integer(i) => Mp::from(i.to_string()),
-            Mp::F64(f) => Mp::from(f.to_string()),
-            other => other,
+            Mp::Integer(i) => Some(Mp::from(i.to_string())),
+            Mp::F64(f) => Some(Mp::from(f.to_string())),
+            Mp::F32(f) => Some(Mp::from(f.to_string())),
+            Mp::Boolean(b) => Some(Mp::from(b.to_string())),
+            Mp::Nil => Some(Mp::from(if matches!(other, V8::Undefined) { "undefined" } else { "null" })),
+            Mp::String(s) => s.into_str().map(Mp::from),
+            _ => None,
         },
     }
 }
@@ -336,6 +345,21 @@ mod tests {
         assert_eq!(back, Message { requester_uid: None, ..m.clone() });
         let frame = Message::from_frame(&back.to_frame()).unwrap();
         assert_eq!(get(frame.data.as_ref().unwrap(), "packet"), Some(&Mp::Binary(vec![0, 1])));
+    }
+
+    #[test]
+    fn a_maps_keys_reach_redis_as_strings_and_keys_with_no_string_form_are_left_out() {
+        // `new Map([[null, 1], [true, 2], [3, 3], [[4], 4]])` in a worker.
+        let map = V8::Map(vec![
+            (V8::Null, V8::Int32(1)),
+            (V8::Bool(true), V8::Int32(2)),
+            (V8::Int32(3), V8::Int32(3)),
+            (V8::Array { elements: vec![Some(V8::Int32(4))], properties: vec![] }, V8::Int32(4)),
+        ]);
+        let got = v8_to_msgpack(&map);
+        let keys: Vec<_> = got.as_map().unwrap().iter().map(|(k, _)| k.as_str()).collect();
+        assert_eq!(keys, [Some("null"), Some("true"), Some("3")]);
+        assert!(crate::bridge::check::string_keys(&got));
     }
 
     #[test]

@@ -9,18 +9,28 @@
 //! the bridge fans a remote request out to its workers and answers it
 //! once ([`Incoming`]: sockets concatenated, client counts summed, the
 //! first `serverSideEmit` answer). To its workers every remote server is
-//! one more cluster member: the bridge learns them from what they send and
-//! from a probe (a `fetchSockets` of a room nobody is in, which every
-//! server answers), and sends heartbeats in their name, so that a worker's
+//! one more cluster member: the bridge learns them from their answers to
+//! its probe (a `fetchSockets` of a room nobody is in, which every server
+//! answers, on this host's private channel; a server that merely says
+//! something is not made a member, so a flood of made-up uids adds none),
+//! and sends heartbeats in their name, so that a worker's
 //! `serverCount()` and its per-uid wait for answers include them; a remote
 //! server that stops answering is no longer heartbeaten, and the workers
 //! drop it on the adapter's own schedule.
 //!
+//! Nothing a remote server says is trusted: [`check`] refuses what a
+//! worker could not take, and every table a remote fills has a bound
+//! ([`MAX_REMOTES`], [`MAX_REQUESTS`], [`MAX_REQUESTS_PER_REMOTE`],
+//! [`MAX_NAMESPACES`]).
+//!
 //! This module decides (pure: messages in, [`Action`]s out); [`redis`]
 //! does the I/O, [`message`] the encodings.
 
+pub mod check;
 pub mod message;
 pub mod redis;
+
+use check::Rejection;
 
 use message::{get, Message};
 use rmpv::Value as Mp;
@@ -30,6 +40,9 @@ use std::time::{Duration, Instant};
 pub const INITIAL_HEARTBEAT: u32 = 1;
 pub const HEARTBEAT: u32 = 2;
 pub const BROADCAST: u32 = 3;
+pub const SOCKETS_JOIN: u32 = 4;
+pub const SOCKETS_LEAVE: u32 = 5;
+pub const DISCONNECT_SOCKETS: u32 = 6;
 pub const FETCH_SOCKETS: u32 = 7;
 pub const FETCH_SOCKETS_RESPONSE: u32 = 8;
 pub const SERVER_SIDE_EMIT: u32 = 9;
@@ -51,6 +64,15 @@ pub const REQUEST_TTL: Duration = Duration::from_secs(10);
 /// Requests tracked at most in each direction: beyond it new ones are not
 /// tracked (their answers are lost) rather than memory growing.
 pub const MAX_REQUESTS: usize = 10_000;
+/// Requests of one remote server tracked at once, so that one cannot fill
+/// the table for the others.
+pub const MAX_REQUESTS_PER_REMOTE: usize = 1_000;
+/// Remote servers (per namespace) heartbeaten to the workers at most: each
+/// is a cluster member the workers count and wait for.
+pub const MAX_REMOTES: usize = 1_024;
+/// Namespaces bridged at most (each costs two subscriptions and a probe
+/// every [`PROBE_INTERVAL`]).
+pub const MAX_NAMESPACES: usize = 1_024;
 /// The room of the probe: no socket can be in it (rooms come from
 /// `socket.join()`, and this one holds a NUL).
 pub const PROBE_ROOM: &str = "\0sio-bridge-probe";
@@ -128,7 +150,11 @@ pub struct Bridge {
     namespaces: BTreeSet<String>,
     /// Remote servers by (namespace, uid), when last heard of.
     remotes: HashMap<(String, String), Instant>,
-    incoming: HashMap<String, Incoming>,
+    /// By (requester, request id): a request id is the requester's own, so
+    /// another server cannot take over its answer by reusing it.
+    incoming: HashMap<(String, String), Incoming>,
+    /// How many of `incoming` each requester has.
+    incoming_by_requester: HashMap<String, usize>,
     outgoing: HashMap<String, Outgoing>,
     next_probe: Option<Instant>,
     probes: u64,
@@ -142,6 +168,7 @@ impl Bridge {
             namespaces: BTreeSet::new(),
             remotes: HashMap::new(),
             incoming: HashMap::new(),
+            incoming_by_requester: HashMap::new(),
             outgoing: HashMap::new(),
             next_probe: None,
             probes: 0,
@@ -151,11 +178,27 @@ impl Bridge {
     /// Whether a worker's response answers a remote request (then it goes
     /// to the bridge only, not to the other workers).
     pub fn takes_response(&self, requester_uid: &str, request_id: Option<&str>) -> bool {
-        request_id.and_then(|id| self.incoming.get(id)).is_some_and(|r| r.requester == requester_uid)
+        request_id.is_some_and(|id| self.incoming.contains_key(&(requester_uid.to_owned(), id.to_owned())))
     }
 
-    /// A namespace this host serves: subscribed and probed at once.
+    /// Forgets a remote request (answered, or out of time).
+    fn forget_incoming(&mut self, key: &(String, String)) -> Option<Incoming> {
+        let req = self.incoming.remove(key)?;
+        if let Some(n) = self.incoming_by_requester.get_mut(&req.requester) {
+            *n -= 1;
+            if *n == 0 {
+                self.incoming_by_requester.remove(&req.requester);
+            }
+        }
+        Some(req)
+    }
+
+    /// A namespace this host serves: subscribed and probed at once (up to
+    /// [`MAX_NAMESPACES`]; past it a namespace stays this host's own).
     fn serve(&mut self, nsp: &str, now: Instant, out: &mut Vec<Action>) {
+        if self.namespaces.contains(nsp) || self.namespaces.len() >= MAX_NAMESPACES {
+            return;
+        }
         if self.namespaces.insert(nsp.to_owned()) {
             out.push(Action::Subscribe(vec![
                 self.names.public_channel(nsp),
@@ -223,7 +266,8 @@ impl Bridge {
     /// A worker's answer to a remote request: merged into this host's one.
     fn answer(&mut self, m: Message, out: &mut Vec<Action>) {
         let Some(id) = m.request_id().map(str::to_owned) else { return };
-        let Some(req) = self.incoming.get_mut(&id) else { return };
+        let key = (m.requester_uid.clone().unwrap_or_default(), id.clone());
+        let Some(req) = self.incoming.get_mut(&key) else { return };
         let data = m.data.unwrap_or(Mp::Nil);
         req.answered += 1;
         let all_in = req.answered >= req.expected;
@@ -254,25 +298,35 @@ impl Bridge {
             let (nsp, finished) = (req.nsp.clone(), req.done && req.kind != BROADCAST);
             out.push(self.publish(&channel, kind, &nsp, data));
             if finished {
-                self.incoming.remove(&id);
+                self.forget_incoming(&key);
             }
         }
     }
 
     /// A message from Redis (stream or pub/sub). `workers` is how many of
-    /// this host's workers run an adapter for its namespace.
-    pub fn from_redis(&mut self, m: Message, workers: usize, now: Instant) -> Vec<Action> {
+    /// this host's workers run an adapter for its namespace. A message no
+    /// worker could take ([`check::from_redis`]), or a request id its
+    /// server already has in flight here, is refused: nothing of it goes
+    /// anywhere.
+    pub fn from_redis(&mut self, m: Message, workers: usize, now: Instant) -> Result<Vec<Action>, Rejection> {
         let mut out = Vec::new();
         if m.uid == self.uid || !self.namespaces.contains(&m.nsp) {
-            return out; // our own echo, or a namespace nobody here serves
+            return Ok(out); // our own echo, or a namespace nobody here serves
         }
+        check::from_redis(&m)?;
         let key = (m.nsp.clone(), m.uid.clone());
         if m.kind == ADAPTER_CLOSE {
             self.remotes.remove(&key);
             out.push(Action::ToWorkers { to: Local::All, message: m });
-            return out;
+            return Ok(out);
         }
-        if self.remotes.insert(key, now).is_none() {
+        // A member is kept alive by anything it says, but made one only by
+        // its answer to this host's probe, up to the bound (the workers
+        // wait for every member's answers to their requests).
+        if let Some(seen) = self.remotes.get_mut(&key) {
+            *seen = now;
+        } else if self.answers_own_probe(&m) && self.remotes.len() < MAX_REMOTES {
+            self.remotes.insert(key, now);
             out.push(Action::ToWorkers { to: Local::All, message: heartbeat(&m.uid, &m.nsp) });
         }
         let id = m.request_id().map(str::to_owned);
@@ -294,14 +348,20 @@ impl Bridge {
             }
             FETCH_SOCKETS | SERVER_SIDE_EMIT | BROADCAST if id.is_some() => {
                 let id = id.expect("matched");
+                let key = (m.uid.clone(), id.clone());
+                if self.incoming.contains_key(&key) {
+                    return Err(Rejection::Duplicate);
+                }
                 if workers == 0 {
                     if m.kind == FETCH_SOCKETS {
                         let channel = self.names.private_channel(&m.nsp, &m.uid);
                         out.push(self.publish(&channel, FETCH_SOCKETS_RESPONSE, &m.nsp, sockets_answer(&id, vec![])));
                     }
-                    return out;
+                    return Ok(out);
                 }
-                if self.incoming.len() < MAX_REQUESTS {
+                let of_requester = self.incoming_by_requester.get(&m.uid).copied().unwrap_or(0);
+                if self.incoming.len() < MAX_REQUESTS && of_requester < MAX_REQUESTS_PER_REMOTE {
+                    *self.incoming_by_requester.entry(m.uid.clone()).or_default() += 1;
                     let wait = match m.kind {
                         // Acks come as long as the emitter's timeout allows.
                         BROADCAST => m
@@ -315,7 +375,7 @@ impl Bridge {
                         _ => ANSWER_WITHIN,
                     };
                     self.incoming.insert(
-                        id,
+                        key,
                         Incoming {
                             requester: m.uid.clone(),
                             nsp: m.nsp.clone(),
@@ -333,7 +393,15 @@ impl Bridge {
             }
             _ => out.push(Action::ToWorkers { to: Local::All, message: m }),
         }
-        out
+        Ok(out)
+    }
+
+    /// Whether `m` answers one of this host's probes.
+    fn answers_own_probe(&self, m: &Message) -> bool {
+        m.kind == FETCH_SOCKETS_RESPONSE
+            && m.request_id()
+                .and_then(|id| id.strip_prefix(PROBE_ID))
+                .is_some_and(|rest| rest.strip_prefix(self.uid.as_str()).is_some_and(|n| n.starts_with('-')))
     }
 
     /// Heartbeats in the name of every live remote server of `nsp`.
@@ -352,10 +420,11 @@ impl Bridge {
         self.remotes.retain(|_, seen| now.duration_since(*seen) < REMOTE_TIMEOUT);
         self.outgoing.retain(|_, r| now < r.expires);
         // Requests whose workers did not all answer in time: what is there.
-        let late: Vec<String> =
-            self.incoming.iter().filter(|(_, r)| now >= r.deadline).map(|(id, _)| id.clone()).collect();
-        for id in late {
-            let req = self.incoming.remove(&id).expect("listed");
+        let late: Vec<(String, String)> =
+            self.incoming.iter().filter(|(_, r)| now >= r.deadline).map(|(key, _)| key.clone()).collect();
+        for key in late {
+            let req = self.forget_incoming(&key).expect("listed");
+            let id = key.1;
             let channel = self.names.private_channel(&req.nsp, &req.requester);
             match req.kind {
                 FETCH_SOCKETS if !req.done => {

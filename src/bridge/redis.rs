@@ -9,6 +9,7 @@
 //! retry every second, and the master's own relaying between workers never
 //! waits for any of it.
 
+use super::check::Rejection;
 use super::message::Message;
 use super::Names;
 use crate::logging::RateLimit;
@@ -66,7 +67,18 @@ impl Outbox {
 /// Whether `url` names a Redis server this build can reach (for the
 /// config's check).
 pub fn check_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss:") {
+        return Err("TLS (rediss://) is not built in: reach a remote Redis through a TLS tunnel on this host (stunnel, spiped) and name its local end".into());
+    }
     url.into_connection_info().map(drop).map_err(|e| e.to_string())
+}
+
+/// Where `url` points, without its user name or password (for logs).
+pub fn address(url: &str) -> String {
+    match url.into_connection_info() {
+        Ok(info) => info.addr().to_string(),
+        Err(_) => "(a URL that does not parse)".into(),
+    }
 }
 
 /// The IP address of a TCP Redis named by address in `url` (for the
@@ -85,14 +97,31 @@ pub fn tcp_ip(url: &str) -> Option<std::net::IpAddr> {
 /// from Redis (decoded; what cannot be decoded is logged and skipped). The
 /// stream's entries written by `own_uid`, this host's echoes, are skipped
 /// before their payload is decoded.
-pub fn spawn(url: &str, names: &Names, own_uid: &str) -> Result<(Rc<Outbox>, mpsc::Receiver<Message>), String> {
+/// What the readers hand the bridge: a message, or why one was refused
+/// unread (the bridge counts and logs refusals in one place).
+pub type Inbound = Result<Message, Rejection>;
+
+/// Starts the bridge's I/O; messages from Redis larger than `max_bytes`
+/// are refused without being decoded.
+pub fn spawn(
+    url: &str,
+    names: &Names,
+    own_uid: &str,
+    max_bytes: usize,
+) -> Result<(Rc<Outbox>, mpsc::Receiver<Inbound>), String> {
     let info = url.into_connection_info().map_err(|e| e.to_string())?;
     let settings = info.redis_settings().clone().set_protocol(ProtocolVersion::RESP3);
     let client = redis::Client::open(info.set_redis_settings(settings)).map_err(|e| e.to_string())?;
     let (out_tx, out_rx) = mpsc::channel(QUEUE);
     let (in_tx, in_rx) = mpsc::channel(QUEUE);
-    tokio::task::spawn_local(write_and_subscribe(client.clone(), names.stream.clone(), out_rx, in_tx.clone()));
-    tokio::task::spawn_local(read_stream(client, names.stream.clone(), own_uid.to_owned(), in_tx));
+    tokio::task::spawn_local(write_and_subscribe(
+        client.clone(),
+        names.stream.clone(),
+        out_rx,
+        in_tx.clone(),
+        max_bytes,
+    ));
+    tokio::task::spawn_local(read_stream(client, names.stream.clone(), own_uid.to_owned(), in_tx, max_bytes));
     Ok((Rc::new(Outbox { tx: out_tx, dropped: Cell::new(0), warning: RateLimit::default() }), in_rx))
 }
 
@@ -120,7 +149,8 @@ async fn write_and_subscribe(
     client: redis::Client,
     stream: String,
     mut rx: mpsc::Receiver<Out>,
-    inbound: mpsc::Sender<Message>,
+    inbound: mpsc::Sender<Inbound>,
+    max_bytes: usize,
 ) {
     let (push_tx, mut push_rx) = mpsc::unbounded_channel();
     let config = ConnectionManagerConfig::new()
@@ -128,7 +158,6 @@ async fn write_and_subscribe(
         .set_automatic_resubscription()
         .set_max_delay(Duration::from_secs(1));
     let mut con = connect(&client, config, "publisher").await;
-    let bad = RateLimit::default();
     // Pushed messages are read at once, so the unbounded channel stays
     // short; what the master cannot take (`QUEUE` waiting) is dropped.
     tokio::task::spawn_local(async move {
@@ -137,24 +166,36 @@ async fn write_and_subscribe(
                 continue;
             }
             let Some(redis::Value::BulkString(payload)) = push.data.get(1) else { continue };
-            match Message::from_pubsub(&payload[..]) {
-                Ok(m) => {
-                    let _ = inbound.try_send(m);
-                }
-                Err(e) if bad.due() => warn!("bridge skipped a pub/sub message it cannot read: {e}"),
-                Err(_) => {}
-            }
+            let m = if payload.len() > max_bytes {
+                Err(Rejection::TooLarge(payload.len()))
+            } else {
+                Message::from_pubsub(&payload[..]).map_err(|e| Rejection::Unreadable(e.to_string()))
+            };
+            let _ = inbound.try_send(m);
         }
     });
     let mut failing = false;
     let mut batch = Vec::with_capacity(BATCH);
+    // Channels whose SUBSCRIBE failed (Redis away): redis-rs restores only
+    // the subscriptions that succeeded, so these are asked again with
+    // every batch until they do.
+    let mut unsubscribed: Vec<String> = Vec::new();
     while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if !unsubscribed.is_empty() {
+            let channels = std::mem::take(&mut unsubscribed);
+            if con.subscribe(&channels).await.is_err() {
+                unsubscribed = channels;
+            } else {
+                info!("bridge subscribed to {channels:?} after Redis came back");
+            }
+        }
         let mut pipe = redis::pipe();
         for out in batch.drain(..) {
             match out {
                 Out::Subscribe(channels) => {
                     if let Err(e) = con.subscribe(&channels).await {
-                        warn!("bridge cannot subscribe to {channels:?} ({e}): retried after Redis reconnects");
+                        warn!("bridge cannot subscribe to {channels:?} ({e}): asked again until Redis answers");
+                        unsubscribed.extend(channels);
                     }
                 }
                 Out::Publish { channel, payload } => {
@@ -184,13 +225,19 @@ async fn write_and_subscribe(
     }
 }
 
-async fn read_stream(client: redis::Client, stream: String, own_uid: String, inbound: mpsc::Sender<Message>) {
+async fn read_stream(
+    client: redis::Client,
+    stream: String,
+    own_uid: String,
+    inbound: mpsc::Sender<Inbound>,
+    max_bytes: usize,
+) {
     let config = ConnectionManagerConfig::new()
         .set_response_timeout(Some(BLOCK + Duration::from_secs(2)))
         .set_max_delay(Duration::from_secs(1));
     let mut con = connect(&client, config, "stream reader").await;
     let mut offset = "$".to_owned();
-    let (mut failing, bad) = (false, RateLimit::default());
+    let mut failing = false;
     loop {
         let read: redis::RedisResult<Option<redis::streams::StreamReadReply>> = redis::cmd("XREAD")
             .arg("BLOCK")
@@ -229,13 +276,14 @@ async fn read_stream(client: redis::Client, stream: String, own_uid: String, inb
             if field("uid") == Some(own_uid.as_str()) {
                 continue;
             }
-            match Message::from_stream_fields(field) {
-                Ok(m) => {
-                    let _ = inbound.try_send(m);
-                }
-                Err(e) if bad.due() => warn!("bridge skipped a stream entry it cannot read: {e}"),
-                Err(_) => {}
-            }
+            let size: usize =
+                entry.map.values().map(|v| if let redis::Value::BulkString(b) = v { b.len() } else { 0 }).sum();
+            let m = if size > max_bytes {
+                Err(Rejection::TooLarge(size))
+            } else {
+                Message::from_stream_fields(field).map_err(|e| Rejection::Unreadable(e.to_string()))
+            };
+            let _ = inbound.try_send(m);
         }
     }
 }

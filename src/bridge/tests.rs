@@ -8,8 +8,12 @@ fn msg(kind: u32, uid: &str, data: Option<Mp>) -> Message {
     Message { kind, uid: uid.into(), nsp: "/".into(), data, requester_uid: None }
 }
 
+/// A request as the adapters send it: a broadcast's packet and options
+/// (what `fetchSockets` and a broadcast with acks read) and its id.
 fn request(id: &str) -> Mp {
-    Mp::Map(vec![(Mp::from("requestId"), Mp::from(id))])
+    let opts = Mp::Map(vec![(Mp::from("rooms"), Mp::Array(vec![])), (Mp::from("except"), Mp::Array(vec![]))]);
+    let packet = Mp::Map(vec![(Mp::from("type"), Mp::from(2)), (Mp::from("data"), Mp::Array(vec![Mp::from("e")]))]);
+    Mp::Map(vec![(Mp::from("requestId"), Mp::from(id)), (Mp::from("opts"), opts), (Mp::from("packet"), packet)])
 }
 
 fn with(id: &str, key: &str, value: Mp) -> Mp {
@@ -48,7 +52,7 @@ fn to_workers(actions: &[Action]) -> Vec<(Local, Message)> {
 #[test]
 fn a_remote_fetch_sockets_gets_one_answer_from_the_whole_host() {
     let (mut b, now) = serving();
-    let asked = b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now);
+    let asked = b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now).unwrap();
     let delivered = to_workers(&asked);
     assert!(delivered.iter().any(|(to, m)| *to == Local::All && m.kind == FETCH_SOCKETS), "{asked:?}");
     assert!(b.takes_response("REMOTE", Some("r1")));
@@ -68,7 +72,7 @@ fn a_remote_fetch_sockets_gets_one_answer_from_the_whole_host() {
 #[test]
 fn a_worker_that_never_answers_leaves_the_host_answering_with_what_it_has_in_time() {
     let (mut b, now) = serving();
-    b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now);
+    b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now).unwrap();
     let one = Message {
         requester_uid: Some("REMOTE".into()),
         ..msg(FETCH_SOCKETS_RESPONSE, "w1", Some(with("r1", "sockets", Mp::Array(vec![Mp::from("s1")]))))
@@ -83,7 +87,7 @@ fn a_worker_that_never_answers_leaves_the_host_answering_with_what_it_has_in_tim
 #[test]
 fn a_broadcast_with_ack_sums_the_workers_client_counts_and_passes_every_ack() {
     let (mut b, now) = serving();
-    b.from_redis(msg(BROADCAST, "REMOTE", Some(request("r1"))), 2, now);
+    b.from_redis(msg(BROADCAST, "REMOTE", Some(request("r1"))), 2, now).unwrap();
     let from = |kind, uid, key, value| Message {
         requester_uid: Some("REMOTE".into()),
         ..msg(kind, uid, Some(with("r1", key, value)))
@@ -104,8 +108,9 @@ fn answers_to_a_local_request_go_back_to_the_worker_that_asked() {
     let out = published(&b.from_worker(msg(SERVER_SIDE_EMIT, "w1", Some(request("r9"))), now));
     assert_eq!(out.len(), 1);
     assert_eq!((out[0].0.as_str(), out[0].1.uid.as_str()), ("socket.io#/#", "HOST"), "the host asks as itself");
-    let answer =
-        b.from_redis(msg(SERVER_SIDE_EMIT_RESPONSE, "REMOTE", Some(with("r9", "packet", Mp::from(1)))), 2, now);
+    let answer = b
+        .from_redis(msg(SERVER_SIDE_EMIT_RESPONSE, "REMOTE", Some(with("r9", "packet", Mp::from(1)))), 2, now)
+        .unwrap();
     let delivered = to_workers(&answer);
     let (to, m) = delivered.iter().find(|(_, m)| m.kind == SERVER_SIDE_EMIT_RESPONSE).unwrap();
     assert_eq!(*to, Local::Adapter("w1".into()));
@@ -116,24 +121,28 @@ fn answers_to_a_local_request_go_back_to_the_worker_that_asked() {
 fn remote_servers_are_heartbeaten_to_the_workers_until_they_go_silent() {
     let (mut b, now) = serving();
     // A probe from another host: answered at once, and that host is known.
-    let probe = b.from_redis(
-        msg(
-            FETCH_SOCKETS,
-            "OTHER",
-            Some(Mp::Map(vec![
-                (Mp::from("requestId"), Mp::from("p1")),
-                (Mp::from("opts"), Mp::Map(vec![(Mp::from("rooms"), Mp::Array(vec![Mp::from(PROBE_ROOM)]))])),
-            ])),
-        ),
-        2,
-        now,
-    );
+    let probe = b
+        .from_redis(
+            msg(
+                FETCH_SOCKETS,
+                "OTHER",
+                Some(Mp::Map(vec![
+                    (Mp::from("requestId"), Mp::from("p1")),
+                    (Mp::from("opts"), Mp::Map(vec![(Mp::from("rooms"), Mp::Array(vec![Mp::from(PROBE_ROOM)]))])),
+                ])),
+            ),
+            2,
+            now,
+        )
+        .unwrap();
     let answered = published(&probe);
     assert_eq!(answered[0].0, "socket.io#/#OTHER#");
-    assert!(to_workers(&probe).iter().all(|(_, m)| m.kind == HEARTBEAT), "a probe is not the workers' business");
+    assert!(to_workers(&probe).is_empty(), "a probe is not the workers' business");
+    // Its answer to this host's probe makes it a member.
+    let answer = b.from_redis(msg(FETCH_SOCKETS_RESPONSE, "OTHER", Some(probe_answer(&b))), 2, now).unwrap();
     let beats =
         |out: &[Action]| to_workers(out).iter().filter(|(_, m)| m.kind == HEARTBEAT && m.uid == "OTHER").count();
-    assert_eq!(beats(&probe), 1, "the workers learn of it at once");
+    assert_eq!(beats(&answer), 1, "the workers learn of it at once");
     assert_eq!(beats(&b.tick(now + PROBE_INTERVAL)), 1);
     assert_eq!(beats(&b.tick(now + REMOTE_TIMEOUT + PROBE_INTERVAL)), 0, "silent: no longer a member");
 }
@@ -141,7 +150,66 @@ fn remote_servers_are_heartbeaten_to_the_workers_until_they_go_silent() {
 #[test]
 fn own_echoes_and_unserved_namespaces_are_ignored() {
     let (mut b, now) = serving();
-    assert!(b.from_redis(msg(BROADCAST, "HOST", Some(request("x"))), 2, now).is_empty());
+    assert!(b.from_redis(msg(BROADCAST, "HOST", Some(request("x"))), 2, now).unwrap().is_empty());
     let other_nsp = Message { nsp: "/admin".into(), ..msg(BROADCAST, "REMOTE", None) };
-    assert!(b.from_redis(other_nsp, 2, now).is_empty());
+    assert!(b.from_redis(other_nsp, 2, now).unwrap().is_empty());
+}
+
+#[test]
+fn what_no_worker_could_take_is_refused_and_nothing_of_it_goes_anywhere() {
+    let (mut b, now) = serving();
+    // socket.io-adapter reads `message.data.requestId` of every request.
+    assert_eq!(b.from_redis(msg(BROADCAST, "REMOTE", None), 2, now), Err(Rejection::Field("data")));
+    let nil_key = Mp::Map(vec![(Mp::Nil, Mp::from(1))]);
+    assert_eq!(b.from_redis(msg(BROADCAST, "REMOTE", Some(nil_key)), 2, now), Err(Rejection::NonStringKey));
+    assert_eq!(b.from_redis(msg(99, "REMOTE", None), 2, now), Err(Rejection::UnknownType(99)));
+    // Refused before the sender counted as a cluster member.
+    assert!(to_workers(&b.tick(now + PROBE_INTERVAL)).is_empty());
+}
+
+#[test]
+fn a_request_id_in_flight_cannot_be_taken_over_nor_its_requester_fill_the_table() {
+    let (mut b, now) = serving();
+    b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now).unwrap();
+    assert_eq!(b.from_redis(msg(FETCH_SOCKETS, "REMOTE", Some(request("r1"))), 2, now), Err(Rejection::Duplicate));
+    // Another server's request of the same id is its own.
+    b.from_redis(msg(FETCH_SOCKETS, "OTHER", Some(request("r1"))), 2, now).unwrap();
+    assert!(b.takes_response("REMOTE", Some("r1")) && b.takes_response("OTHER", Some("r1")));
+    for i in 0..MAX_REQUESTS_PER_REMOTE + 10 {
+        b.from_redis(msg(FETCH_SOCKETS, "FLOOD", Some(request(&format!("f{i}")))), 2, now).unwrap();
+    }
+    assert_eq!(b.incoming_by_requester["FLOOD"], MAX_REQUESTS_PER_REMOTE);
+    b.from_redis(msg(FETCH_SOCKETS, "LATE", Some(request("l1"))), 2, now).unwrap();
+    assert!(b.takes_response("LATE", Some("l1")), "the others still get answers");
+    b.tick(now + ANSWER_WITHIN);
+    assert!(b.incoming.is_empty() && b.incoming_by_requester.is_empty(), "all forgotten at their deadline");
+}
+
+/// An answer to the probe `b` sent when it began to serve "/".
+fn probe_answer(b: &Bridge) -> Mp {
+    with(&format!("{PROBE_ID}HOST-{}", b.probes), "sockets", Mp::Array(vec![]))
+}
+
+#[test]
+fn remote_servers_and_namespaces_are_bounded() {
+    let (mut b, now) = serving();
+    let mut heartbeaten = 0;
+    for i in 0..100 {
+        // Made-up uids that only speak are no members.
+        let out = b.from_redis(msg(HEARTBEAT, &format!("chatty{i}"), None), 2, now).unwrap();
+        heartbeaten += to_workers(&out).len();
+    }
+    assert_eq!(heartbeaten, 0);
+    // Nor is one that answers another host's probe.
+    let foreign = with(&format!("{PROBE_ID}ELSEWHERE-1"), "sockets", Mp::Array(vec![]));
+    assert!(to_workers(&b.from_redis(msg(FETCH_SOCKETS_RESPONSE, "x", Some(foreign)), 2, now).unwrap()).is_empty());
+    for i in 0..MAX_REMOTES + 50 {
+        let out = b.from_redis(msg(FETCH_SOCKETS_RESPONSE, &format!("fake{i}"), Some(probe_answer(&b))), 2, now);
+        heartbeaten += to_workers(&out.unwrap()).len();
+    }
+    assert_eq!(heartbeaten, MAX_REMOTES, "past the bound no server becomes a member");
+    for i in 0..MAX_NAMESPACES + 50 {
+        b.from_worker(Message { nsp: format!("/n{i}"), ..msg(INITIAL_HEARTBEAT, "w1", None) }, now);
+    }
+    assert_eq!(b.namespaces.len(), MAX_NAMESPACES);
 }

@@ -22,6 +22,10 @@ pub(super) struct HostBridge {
     state: RefCell<Bridge>,
     outbox: Rc<Outbox>,
     unreadable: RateLimit,
+    rejected: RateLimit,
+    /// Largest message carried either way (a quarter of
+    /// `limits.bus_queue_bytes`): a larger one would take a worker's queue.
+    max_bytes: usize,
 }
 
 impl HostBridge {
@@ -46,16 +50,23 @@ impl Master {
         let Some(cfg) = &self.cfg.redis else { return vec![] };
         let names = Names { channel_prefix: cfg.channel_prefix.clone(), stream: cfg.stream_name.clone() };
         let uid = random_uid();
-        let (outbox, mut inbound) = match crate::bridge::redis::spawn(&cfg.url, &names, &uid) {
+        let max_bytes = self.cfg.limits.bus_queue_bytes / 4;
+        let (outbox, mut inbound) = match crate::bridge::redis::spawn(&cfg.url, &names, &uid, max_bytes) {
             Ok(io) => io,
             Err(e) => {
                 warn!(app = %self.cfg.app, "no bridge to Redis: {e}");
                 return vec![];
             }
         };
-        info!(app = %self.cfg.app, redis = %cfg.url, uid, "bridging the cluster adapter to Redis");
-        let bridge =
-            HostBridge { state: RefCell::new(Bridge::new(uid, names)), outbox, unreadable: RateLimit::default() };
+        // The address only: the URL may hold a password.
+        info!(app = %self.cfg.app, redis = %crate::bridge::redis::address(&cfg.url), channel_prefix = %names.channel_prefix, stream = %names.stream, uid, "bridging the cluster adapter to Redis");
+        let bridge = HostBridge {
+            state: RefCell::new(Bridge::new(uid, names)),
+            outbox,
+            unreadable: RateLimit::default(),
+            rejected: RateLimit::default(),
+            max_bytes,
+        };
         if self.bridge.set(bridge).is_err() {
             return vec![];
         }
@@ -71,8 +82,19 @@ impl Master {
                     let bridge = master.bridge.get().expect("set above");
                     let mut actions = Vec::new();
                     for m in batch.drain(..) {
-                        let workers = st.router.adapters_on(&m.nsp);
-                        actions.extend(bridge.state.borrow_mut().from_redis(m, workers, Instant::now()));
+                        let taken = m.and_then(|m| {
+                            let workers = st.router.adapters_on(&m.nsp);
+                            bridge.state.borrow_mut().from_redis(m, workers, Instant::now())
+                        });
+                        match taken {
+                            Ok(taken) => actions.extend(taken),
+                            Err(why) => {
+                                st.counters.bridge_rejected += 1;
+                                if bridge.rejected.due() {
+                                    warn!(app = %master.cfg.app, "bridge refused a message from Redis ({why}): no worker gets it (sio_bridge_rejected_messages_total counts them)");
+                                }
+                            }
+                        }
                     }
                     master.apply(&mut st, actions);
                 }
@@ -107,6 +129,12 @@ impl Master {
     /// was a response to a remote request (which only the bridge takes).
     pub(super) fn bridge_frame(&self, st: &mut State, header: &AdapterHeader, frame: &[u8]) -> bool {
         let Some(bridge) = self.bridge.get() else { return false };
+        if frame.len() > bridge.max_bytes {
+            if bridge.unreadable.due() {
+                warn!(app = %self.cfg.app, bytes = frame.len(), "bridge kept an adapter frame off Redis: over a quarter of limits.bus_queue_bytes");
+            }
+            return false;
+        }
         let m = match Message::from_frame(frame) {
             Ok(m) => m,
             Err(e) => {
