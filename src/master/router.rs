@@ -29,17 +29,24 @@ use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::time::Instant;
 
+/// Foreign sids one worker may have announced and not closed.
+pub const MAX_FOREIGN_SIDS: usize = 65_536;
+/// Longest foreign sid kept (engine.io's own are 20 characters).
+pub const MAX_SID_LEN: usize = 128;
+
 #[derive(Debug)]
 struct Worker {
     state: WorkerState,
     load: Load,
     /// `(uid, nsp)` of every cluster-adapter instance seen from it.
     adapters: Adapters,
+    /// How many of [`Router::foreign_sids`] it owns.
+    foreign_sids: usize,
 }
 
 impl Worker {
     fn new(state: WorkerState) -> Worker {
-        Worker { state, load: Load::default(), adapters: Adapters::default() }
+        Worker { state, load: Load::default(), adapters: Adapters::default(), foreign_sids: 0 }
     }
 }
 
@@ -167,22 +174,25 @@ impl Router {
     /// `slot` announced a session. Returns whether its sid is foreign (a
     /// request may be waiting for this announcement). A worker may announce
     /// only sids it can own: a sio sid of another slot, or a foreign sid
-    /// another worker announced first, is ignored.
+    /// another worker announced first, is ignored; so is a foreign sid past
+    /// the bounds ([`MAX_SID_LEN`], [`MAX_FOREIGN_SIDS`] per worker), whose
+    /// requests are then routed as new sessions.
     pub fn session_opened(&mut self, slot: u16, sid: &str, now: Instant) -> bool {
+        let Some(w) = self.workers.get_mut(&slot) else { return false };
         let foreign = match sid::slot_of(sid.as_bytes()) {
             Some(s) if s == slot => false,
             Some(_) => return false,
+            None if sid.len() > MAX_SID_LEN || w.foreign_sids >= MAX_FOREIGN_SIDS => return false,
             None => match self.foreign_sids.entry(sid.to_owned()) {
                 std::collections::hash_map::Entry::Occupied(_) => return false,
                 std::collections::hash_map::Entry::Vacant(v) => {
                     v.insert(slot);
+                    w.foreign_sids += 1;
                     true
                 }
             },
         };
-        if let Some(w) = self.workers.get_mut(&slot) {
-            w.load.session_opened(now);
-        }
+        w.load.session_opened(now);
         foreign
     }
 
@@ -195,8 +205,9 @@ impl Router {
         if !own {
             return;
         }
-        self.foreign_sids.remove(sid);
+        let foreign = self.foreign_sids.remove(sid).is_some();
         if let Some(w) = self.workers.get_mut(&slot) {
+            w.foreign_sids -= usize::from(foreign);
             w.load.session_closed();
         }
     }
@@ -238,7 +249,9 @@ impl Router {
     /// seen with a uid keeps it (another cannot take its responses over).
     pub fn adapter_seen(&mut self, slot: u16, uid: &str, nsp: &str) {
         if let Some(w) = self.workers.get_mut(&slot) {
-            w.adapters.seen(uid, nsp);
+            if !w.adapters.seen(uid, nsp) {
+                return;
+            }
             if !self.uid_owner.contains_key(uid) {
                 self.uid_owner.insert(uid.to_owned(), slot);
             }

@@ -58,18 +58,33 @@ impl AdapterHeader {
 #[derive(Debug, Default)]
 pub struct Adapters(BTreeMap<String, BTreeSet<String>>);
 
+/// Adapters one worker may have open at once (a namespace each, dynamic
+/// namespaces included): the master keeps a record of each.
+pub const MAX_ADAPTERS: usize = 4096;
+/// Longest adapter uid kept (the adapter makes 16 hex digits).
+pub const MAX_UID_LEN: usize = 128;
+/// Longest namespace name kept.
+pub const MAX_NSP_LEN: usize = 1024;
+
 impl Adapters {
-    /// Records an adapter (no-op if known).
-    pub fn seen(&mut self, uid: &str, nsp: &str) {
-        match self.0.get_mut(uid) {
-            Some(nsps) if nsps.contains(nsp) => {}
-            Some(nsps) => {
-                nsps.insert(nsp.to_owned());
-            }
-            None => {
-                self.0.insert(uid.to_owned(), BTreeSet::from([nsp.to_owned()]));
-            }
+    /// Records an adapter (no-op if known). Returns false, recording
+    /// nothing, past the bounds ([`MAX_ADAPTERS`], [`MAX_UID_LEN`],
+    /// [`MAX_NSP_LEN`]): strings a worker chooses never grow the master
+    /// without bound.
+    pub fn seen(&mut self, uid: &str, nsp: &str) -> bool {
+        if self.0.get(uid).is_some_and(|nsps| nsps.contains(nsp)) {
+            return true;
         }
+        if uid.len() > MAX_UID_LEN || nsp.len() > MAX_NSP_LEN || self.len() >= MAX_ADAPTERS {
+            return false;
+        }
+        self.0.entry(uid.to_owned()).or_default().insert(nsp.to_owned());
+        true
+    }
+
+    /// How many adapters are open.
+    fn len(&self) -> usize {
+        self.0.values().map(BTreeSet::len).sum()
     }
 
     /// Forgets an adapter (`ADAPTER_CLOSE`).
