@@ -2,7 +2,8 @@
 //! `sioctl`), versioned and kept apart from the I/O that carries it.
 //!
 //! Transport: the app's Unix stream sockets ([`crate::endpoints`]; agents
-//! of version 1 use the abstract name [`bus_address`]). Every frame is `u32` little-endian length (of what
+//! of version 1 used the abstract name `@sio/APP`, which masters no longer
+//! serve: anyone can connect to an abstract name). Every frame is `u32` little-endian length (of what
 //! follows, at most [`MAX_FRAME`]), one tag byte, and the body. A [`ToAgent::Handoff`] frame
 //! travels with exactly one file descriptor (`SCM_RIGHTS`) on the
 //! `sendmsg` that carries its first byte, as does a [`ToAgent::Listener`];
@@ -43,12 +44,6 @@ pub const MIN_PROTOCOL_VERSION: u16 = 1;
 /// Largest frame accepted: Node adapter frames (a `fetchSockets()` answer
 /// over many sockets) can be large, but not unbounded.
 pub const MAX_FRAME: usize = 256 << 20;
-
-/// The abstract socket name of an app's bus in protocol 1 (shown by
-/// `ss -xl` as `@sio/APP`), still served for agents started before an upgrade.
-pub fn bus_address(app: &str) -> String {
-    format!("sio/{app}")
-}
 
 /// Who is saying hello.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::process::CommandExt;
@@ -297,6 +297,36 @@ fn the_masters_memory_stays_bounded() {
         after.0
     );
     assert!(after.1 <= warm_fds + 2, "fds grew from {warm_fds} to {}", after.1);
+}
+
+#[test]
+fn operators_that_ask_and_never_read_hold_one_reply_each_and_others_are_served() {
+    let app = App::start(2);
+    let control = app.runtime_dir().join(format!("{}.control", app.name));
+    let idle = app.status()["heap_bytes"].as_u64().unwrap();
+    let rss_idle = rss_kib(app.pid());
+    // Eight clients, each with 100,000 status requests it never reads the
+    // answers to, for 5 s.
+    let flood: Vec<_> = (0..8)
+        .map(|_| {
+            let control = control.clone();
+            std::thread::spawn(move || bus_probe(&control, &["unread", "100000", "5"]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_secs(4));
+    // Another operator, and clients, meanwhile.
+    let during = app.status();
+    let heap = during["heap_bytes"].as_u64().unwrap();
+    let r = node("race.js", &[&app.port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "clients served meanwhile: {r}");
+    let rss = rss_kib(app.pid());
+    let results: Vec<Value> = flood.into_iter().map(|t| t.join().unwrap()).collect();
+    println!("master heap: {idle} bytes idle, {heap} with 8 operators not reading; RSS {rss_idle} -> {rss} KiB");
+    for r in &results {
+        assert!(r["sent"].as_u64() < r["all"].as_u64(), "the master stopped reading requests it cannot answer: {r}");
+    }
+    assert!(heap < idle + 2 * 1024 * 1024, "one reply each is held, not all: {idle} -> {heap} bytes");
+    assert_eq!(App::ready_workers(&during), 2, "{during}");
 }
 
 #[test]

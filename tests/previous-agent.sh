@@ -4,10 +4,11 @@
 # Idempotent: the binary is kept in target/previous-agent/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# The last commit of protocol version 1 as first released (before the
-# version range, skipped unknown tags and pinned frames).
-rev=3241ae3
-out=target/previous-agent
+# The first packaged release (0.1.0-1, bus protocol 2 on the path
+# sockets). Agents of protocol 1 (3241ae3 and before) were never packaged,
+# and spoke on an abstract name that masters no longer serve.
+rev=f754d1c
+out=target/previous-agent-$rev
 bin=$out/target/debug/sio
 if [ ! -x "$bin" ]; then
   git cat-file -e "$rev^{commit}" 2>/dev/null || {

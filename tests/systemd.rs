@@ -512,7 +512,8 @@ fn the_app_runs_as_its_own_user_and_can_touch_neither_its_master_nor_any_unit() 
 #[test]
 fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     let (sb, app, port) = booted(2);
-    // Before the master ever ran, nobody binds protocol 1's abstract name.
+    // Before the master ever ran, somebody binds protocol 1's abstract
+    // name: the master serves agents on its path sockets alone.
     let mut squatter = std::process::Command::new("/usr/bin/python3")
         .args(["-c", "import socket,sys,time; s=socket.socket(socket.AF_UNIX); s.bind(b'\\0sio/'+sys.argv[1].encode()); s.listen(); print('bound', flush=True); time.sleep(600)", &app])
         .uid(65534)
@@ -537,6 +538,14 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     assert_eq!(probe("nobody", &bus, &["close", "5"])["connected"], 0);
     let r = probe("nobody", &control, &["connect", "40", "2000"]);
     assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
+    // The apps' own uid (any app's Node) may connect to the bus, but holds
+    // no more there than anyone on the control socket.
+    let r = probe("sio-app", &bus, &["connect", "40", "2000"]);
+    assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
+    // Nor does it ask as an operator there.
+    let r = probe("sio-app", &bus, &["operator"]);
+    assert_eq!(r["reply"], "refused: operators connect to the control socket, not to the bus", "{r}");
+    assert_eq!(probe("sio-app", &control, &["operator"])["reply"], "welcome");
     // The agents' own uid, outside a worker unit: refused, by the kernel's pid.
     let out = sb
         .command(Some("sio-app"), &[env!("CARGO_BIN_EXE_sio"), "worker", &format!("{app}:1"), "--config-dir"])
@@ -551,7 +560,7 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     );
     let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
     assert!(log.contains("refused a bus peer that claims to be an agent"), "{log}");
-    assert!(log.contains(&format!("cannot bind @sio/{app} for agents of protocol 1")), "the squatter was there: {log}");
+    assert!(!log.contains(&format!("@sio/{app}")), "the abstract name is none of the master's business: {log}");
     // A master restart: the agents come back through the same socket.
     let mut holder = Holder::start(port, 20, "websocket");
     holder.probe();
@@ -562,6 +571,60 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     assert_eq!(r["probes"]["failed"], 0, "{r}");
     let _ = squatter.kill();
     let _ = squatter.wait();
+}
+
+#[test]
+fn a_process_in_a_lookalike_worker_cgroup_is_refused_as_an_agent_on_every_door_and_logged_by_its_pid() {
+    // What a user's own manager makes of `systemctl --user start
+    // sio-worker@APP:4095.service` (or any delegated subtree): a cgroup
+    // path whose last component is a worker unit's name, outside the
+    // system manager's worker units. Its process runs as the app's user,
+    // as another app's Node would, so the bus's file mode lets it in.
+    let (sb, app, _port) = running(2);
+    let slot = 4095;
+    let fake = format!("user.slice/user-65534.slice/user@65534.service/app.slice/sio-worker@{app}:{slot}.service");
+    let probe = repo().join("tests/bus_probe.py");
+    // Into that cgroup in every hierarchy the sandbox mounts (the unified
+    // one, or on a legacy host each v1 hierarchy, `name=systemd` too).
+    let script = format!(
+        "for h in $(awk '$2 ~ \"^/sys/fs/cgroup\" && ($3 == \"cgroup\" || $3 == \"cgroup2\") {{print $2}}' /proc/self/mounts); do \
+           mount -o remount,rw $h 2>/dev/null; mkdir -p \"$h/{fake}\" 2>/dev/null && echo $$ > \"$h/{fake}/cgroup.procs\" 2>/dev/null; done; \
+         grep -q 'sio-worker@{app}:{slot}.service' /proc/self/cgroup || {{ cat /proc/self/cgroup; exit 1; }}; \
+         echo pid $$ && exec setpriv --reuid=sio-app --regid=sio-app --init-groups /usr/bin/python3 {} \"$0\" agent {slot} {app}",
+        probe.display()
+    );
+    let pose = |door: &str| {
+        // In a mount namespace of its own: systemd mounts the cgroup tree
+        // read-only for everyone else.
+        let out = sb.command(None, &["unshare", "-m", "sh", "-c", &script, door]).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let pid = text.lines().find_map(|l| l.strip_prefix("pid ")).map(str::to_owned);
+        let result = text.lines().find_map(|l| l.strip_prefix("RESULT ")).map(|r| serde_json::from_str(r).unwrap());
+        let result: serde_json::Value =
+            result.unwrap_or_else(|| panic!("{text}{}", String::from_utf8_lossy(&out.stderr)));
+        (pid.unwrap_or_else(|| panic!("{text}")), result)
+    };
+    let (pid, on_bus) = pose(&format!("/run/sio/{app}.bus"));
+    let reply = on_bus["reply"].as_str().unwrap_or_default().to_owned();
+    assert!(reply.starts_with("refused: permission denied: pid "), "the bus: {on_bus}");
+    assert!(
+        reply.contains(&format!("pid {pid} runs in "))
+            && reply.contains(&format!("not in sio-worker@{app}:{slot}.service")),
+        "{on_bus}"
+    );
+    let (_, on_control) = pose(&format!("/run/sio/{app}.control"));
+    assert_eq!(on_control["reply"], "refused: agents connect to the bus, not to the control socket", "{on_control}");
+    // Protocol 1's abstract name, which anyone can reach, is not served.
+    let (_, abstract_name) = pose(&format!("@sio/{app}"));
+    assert_eq!(abstract_name["connected"], false, "{abstract_name}");
+    let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
+    assert!(log.contains("refused a bus peer that claims to be an agent"), "{log}");
+    let status = sb.wait_status(&app, "the real workers", Duration::from_secs(5), ready(2));
+    assert_eq!(status["counters"]["refused_peers"], 1, "the one that got as far as its unit's check: {status}");
+    eprintln!("the master's answer on the bus: {reply}");
+    // The refusal names the kernel's pid in the journal's fields too.
+    let fields = sb.journal(&[&format!("SIO_APP={app}"), "-o", "json"]);
+    assert!(fields.contains(&format!("\"SIO_PEER_PID\":\"{pid}\"")), "logged with its pid {pid}: {fields}");
 }
 
 #[test]

@@ -2,17 +2,20 @@
 //! confirmations, session announcements, adapter frames to relay) and
 //! operators (`sioctl`).
 //!
-//! Three doors (see [`crate::endpoints`]): the bus (file mode keeps
-//! strangers out), the control socket (anyone may connect and read the
-//! status) and, for agents of protocol 1, the abstract name `@sio/APP`
-//! (anyone may connect). Every peer is checked with `SO_PEERCRED` before
-//! it may say anything: an agent must run in its worker's unit (or be the
-//! agent this master spawned), whatever its uid; a change needs root, the
-//! master's user or the app's `control_group`. Every path a peer can take
-//! is bounded: a few KiB and 5 s for the hello, small frames and an idle
-//! timeout for operators, a cap on connections per uid on the doors
-//! anyone may use, fds closed as they arrive, and the socket closed on
-//! every way out.
+//! Two doors (see [`crate::endpoints`]): the bus (file mode keeps
+//! strangers out; agents only) and the control socket (anyone may connect
+//! and read the status; operators only). Every peer is checked with
+//! `SO_PEERCRED` before it may say anything: an agent must be the main
+//! process of its worker's unit as the system manager tells it (or the
+//! agent this master spawned), whatever its uid or cgroup path says; a
+//! change needs root, the master's user or the app's `control_group`.
+//! Every path a peer can take is bounded: a few KiB and 5 s for the hello,
+//! small frames and an idle timeout for operators, replies that must be
+//! read before the next request is, a cap on connections per uid on both
+//! doors, fds closed as they arrive, and the socket closed on every way
+//! out. Protocol 1's abstract name `@sio/APP` is not served: anyone in the
+//! network namespace can connect to an abstract name, and protocol-1
+//! agents were never packaged.
 
 use super::{Master, Peer};
 use crate::control::{Request, Response};
@@ -26,7 +29,6 @@ use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
-use std::os::linux::net::SocketAddrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
@@ -55,10 +57,6 @@ pub(super) enum Door {
     Bus,
     /// `APP.control`: anyone can connect; operators only.
     Control,
-    /// The abstract name `@sio/APP` of bus protocol 1, for agents started
-    /// before an upgrade (until `systemctl reload` replaces them). Anyone
-    /// can connect: agents are admitted by their unit, as on the bus.
-    Legacy,
 }
 
 /// The master's listening Unix sockets.
@@ -113,10 +111,6 @@ pub(super) fn open(
         listeners.push((Door::Control, bind_private(app, &endpoints.control, 0o666)?));
         bound_here = vec![endpoints.bus.clone(), endpoints.control.clone()];
     }
-    // Agents of protocol 1 ran only as worker units.
-    if systemd {
-        listeners.extend(bind_legacy(app).map(|l| (Door::Legacy, l)));
-    }
     Ok(Doors { endpoints, listeners, bound_here })
 }
 
@@ -139,24 +133,6 @@ fn bind_private(app: &str, path: &Path, mode: u32) -> io::Result<UnixListener> {
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     l.set_nonblocking(true)?;
     UnixListener::from_std(l)
-}
-
-/// Binds protocol 1's abstract name for agents that predate the path
-/// sockets, if nobody holds it: a squatter there only keeps old agents
-/// from reconnecting, and is logged.
-fn bind_legacy(app: &str) -> Option<UnixListener> {
-    let name = wire::bus_address(app);
-    let bound = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
-        .and_then(|a| std::os::unix::net::UnixListener::bind_addr(&a))
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .and_then(UnixListener::from_std);
-    match bound {
-        Ok(l) => Some(l),
-        Err(e) => {
-            warn!(app, "cannot bind @{name} for agents of protocol 1 ({e}): agents started before the upgrade cannot reconnect; `systemctl reload sio@{app}` replaces them");
-            None
-        }
-    }
 }
 
 /// Connects to an app's bus (agents) and checks who serves it. Never
@@ -233,8 +209,9 @@ impl Master {
             Ok(c) => c,
             Err(e) => return warn!(app = %self.cfg.app, "bus peer without credentials: {e}"),
         };
-        // The bus's file mode already keeps strangers out.
-        let place = if door == Door::Bus || Master::trusted_uid(creds.uid()) {
+        // Both doors: the bus's file mode keeps strangers out, but every
+        // app's Node (the app's group) is still a stranger to this master.
+        let place = if Master::trusted_uid(creds.uid()) {
             None
         } else {
             match self.place_for(creds.uid()) {
@@ -271,7 +248,9 @@ impl Master {
         let (version, role) = match hello {
             Ok(ToMaster::Hello { version, role }) if version >= MIN_PROTOCOL_VERSION => (version, role),
             Ok(ToMaster::Hello { version, .. }) => {
-                warn!(app = %self.cfg.app, version, peer_pid = creds.pid(), "bus peer speaks an unsupported protocol version");
+                if self.warned.bad_hello.due() {
+                    warn!(app = %self.cfg.app, version, peer_uid = creds.uid(), peer_pid = creds.pid(), "bus peer speaks an unsupported protocol version");
+                }
                 return refuse(
                     &link,
                     &format!(
@@ -301,9 +280,11 @@ impl Master {
                 if !(1..=crate::sid::MAX_SLOT).contains(&slot) {
                     return refuse(&link, &format!("worker {slot} is out of range 1..={}", crate::sid::MAX_SLOT));
                 }
-                // Admitted by what runs it (its unit, or this master's
-                // spawn), not by its uid: the app's user is not trusted.
-                if let Err(why) = self.supervisor.is_agent(&self.cfg, slot, pid) {
+                // Admitted by what runs it (the system manager's word on its
+                // unit, or this master's spawn), not by its uid or by its
+                // cgroup's name: the app's user is not trusted, and anyone
+                // can make a cgroup of that name in a subtree of their own.
+                if let Err(why) = self.supervisor.is_agent(&self.cfg, slot, pid).await {
                     self.st.borrow_mut().counters.refused_peers += 1;
                     if self.warned.foreign_agent.due() {
                         warn!(app = %self.cfg.app, worker = slot, peer_uid = creds.uid(), peer_pid = pid, "refused a bus peer that claims to be an agent: {why}");
@@ -329,6 +310,9 @@ impl Master {
                 self.serve_agent(slot, &link, reader, &relayed).await;
                 acknowledging.abort();
                 self.agent_gone(slot);
+            }
+            Role::Control if door == Door::Bus => {
+                refuse(&link, "operators connect to the control socket, not to the bus")
             }
             Role::Control => {
                 welcome(&link, version);
@@ -494,7 +478,8 @@ impl Master {
     }
 
     /// Operators: anyone may read the status; scaling and reloading need
-    /// root, the master's own user, or the app's `control_group`.
+    /// root, the master's own user, or the app's `control_group`. One
+    /// request at a time: the next is read once the last reply is written.
     async fn serve_control(self: &Rc<Self>, link: &Link, mut reader: FrameReader, creds: UnixCredentials) {
         let reply = |r: &Response| {
             link.send(
@@ -511,8 +496,11 @@ impl Master {
             let response = match request {
                 Err(e) => Response::Error(format!("bad request: {e}")),
                 Ok(r) if r.changes_things() && !self.privileged(&creds) => {
-                    warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), request = ?r, "permission denied");
-                    Response::Error(self.who_may_change())
+                    self.st.borrow_mut().counters.refused_peers += 1;
+                    if self.warned.denied.due() {
+                        warn!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), request = ?r, "permission denied");
+                    }
+                    Response::Error(self.who_may_change.clone())
                 }
                 Ok(Request::Status) => Response::Status(Box::new(self.status_with_usage().await)),
                 Ok(Request::Scale { instances }) if !(1..=crate::sid::MAX_SLOT).contains(&instances) => {
@@ -528,39 +516,43 @@ impl Master {
                 },
             };
             reply(&response);
+            // The next request is read once this reply is in the kernel: a
+            // peer that asks and never reads holds one reply here, not all.
+            let written = link.written_through(link.position());
+            if tokio::time::timeout(CONTROL_IDLE, written).await.is_err() {
+                return debug!(app = %self.cfg.app, peer_uid = creds.uid(), peer_pid = creds.pid(), "operator read no reply for {CONTROL_IDLE:?}: dropped");
+            }
         }
     }
 
-    /// The denial of a change, naming exactly who may make it.
-    fn who_may_change(&self) -> String {
-        let me = nix::unistd::geteuid();
-        let user = match nix::unistd::User::from_uid(me).ok().flatten() {
-            Some(u) => format!("user {} (the master's)", u.name),
-            None => format!("uid {me} (the master's)"),
-        };
-        let app = &self.cfg.app;
-        match &self.cfg.control_group {
-            Some(g) if me.is_root() => format!("permission denied: only root or members of group {g} may change {app}"),
-            Some(g) => format!("permission denied: only root, {user} or members of group {g} may change {app}"),
-            None => format!(
-                "permission denied: only root{} may change {app} (\"control_group\" in {} names a group that may too)",
-                if me.is_root() { String::new() } else { format!(" or {user}") },
-                self.cfg.path.display()
-            ),
-        }
-    }
-
+    /// Whether a peer may change the app: root, the master's user, or a
+    /// member of the app's `control_group` (its gid resolved at start, so
+    /// that no denial waits for NSS on the event loop).
     fn privileged(&self, creds: &UnixCredentials) -> bool {
         if Master::trusted_uid(creds.uid()) {
             return true;
         }
-        let Some(group) =
-            self.cfg.control_group.as_deref().and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
-        else {
-            return false;
-        };
-        let gid = group.gid.as_raw();
+        let Some(gid) = self.control_gid else { return false };
         creds.gid() == gid || supplementary_groups(creds.pid()).contains(&gid)
+    }
+}
+
+/// The denial of a change, naming exactly who may make it.
+pub(super) fn who_may_change(cfg: &crate::config::AppConfig) -> String {
+    let me = nix::unistd::geteuid();
+    let user = match nix::unistd::User::from_uid(me).ok().flatten() {
+        Some(u) => format!("user {} (the master's)", u.name),
+        None => format!("uid {me} (the master's)"),
+    };
+    let app = &cfg.app;
+    match &cfg.control_group {
+        Some(g) if me.is_root() => format!("permission denied: only root or members of group {g} may change {app}"),
+        Some(g) => format!("permission denied: only root, {user} or members of group {g} may change {app}"),
+        None => format!(
+            "permission denied: only root{} may change {app} (\"control_group\" in {} names a group that may too)",
+            if me.is_root() { String::new() } else { format!(" or {user}") },
+            cfg.path.display()
+        ),
     }
 }
 

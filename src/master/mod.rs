@@ -66,6 +66,8 @@ struct InFlight {
     conn: Rc<OwnedFd>,
     head: Head,
     attempts: u8,
+    /// When it was handed off (see [`Master::expire_handoffs`]).
+    since: Instant,
 }
 
 /// How long a request with a foreign sid waits for the sid's announcement.
@@ -230,6 +232,7 @@ struct Warnings {
     foreign_agent: RateLimit,
     silent_peer: RateLimit,
     bad_hello: RateLimit,
+    denied: RateLimit,
 }
 
 pub struct Master {
@@ -259,6 +262,10 @@ pub struct Master {
     /// nothing needs to be kept between peeks).
     scratch: RefCell<Vec<u8>>,
     warned: Warnings,
+    /// The gid of the app's `control_group`, and the answer to those who
+    /// may not change the app: both resolved at start (NSS may block).
+    control_gid: Option<u32>,
+    who_may_change: String,
     /// Whether the start-up hold on new sessions is over (every configured
     /// worker was ready once, or the hold ran out).
     started_up: Cell<bool>,
@@ -291,7 +298,18 @@ impl Master {
         // still run before it may call any sid's owner gone.
         st.router.discovering(matches!(supervisor, Supervisor::Systemd(_)));
         let adopting = Cell::new(matches!(supervisor, Supervisor::Systemd(_)));
+        let control_gid = cfg
+            .control_group
+            .as_deref()
+            .and_then(|g| nix::unistd::Group::from_name(g).ok().flatten())
+            .map(|g| g.gid.as_raw());
+        if let (Some(g), None) = (&cfg.control_group, control_gid) {
+            warn!(app = %cfg.app, group = %g, "control_group names no group: only root and the master's user may change the app");
+        }
+        let who_may_change = bus::who_may_change(&cfg);
         Ok(Rc::new(Master {
+            control_gid,
+            who_may_change,
             doors,
             listen: listeners.addresses(),
             metrics: listeners.metrics.as_ref().and_then(|l| l.local_addr().ok()),
@@ -341,6 +359,7 @@ impl Master {
             doors.listeners.into_iter().map(|(d, l)| tokio::task::spawn_local(self.clone().bus_loop(d, l))).collect();
         let background = [
             tokio::task::spawn_local(self.clone().expire_waiting()),
+            tokio::task::spawn_local(self.clone().expire_handoffs()),
             tokio::task::spawn_local(self.clone().report_to_systemd()),
             tokio::task::spawn_local(self.clone().watch_failures()),
             tokio::task::spawn_local(self.clone().watch_memory()),
@@ -430,7 +449,7 @@ impl Master {
                 debug!(app = %self.cfg.app, worker = slot, sid = req.head.sid.as_deref().unwrap_or(""), handshake = req.head.handshake, "handoff");
                 let conn = Rc::new(req.conn);
                 peer.link.send(ToAgent::Handoff(id).to_frame().into(), Some(conn.clone()));
-                peer.in_flight.insert(id, InFlight { conn, head: req.head, attempts: req.attempts });
+                peer.in_flight.insert(id, InFlight { conn, head: req.head, attempts: req.attempts, since: now });
                 st.counters.handed_off += 1;
                 return;
             }
@@ -519,6 +538,30 @@ impl Master {
                 warn!(app = %self.cfg.app, count = answered, "no worker ready in time: answered 503");
             }
             self.room.notify_one();
+        }
+    }
+
+    /// Drops the agents that hold a handoff unconfirmed for twice
+    /// `timeouts.handoff_ms`: a working agent confirms it, or kills its hung
+    /// Node and says so, within `handoff_ms`. Whatever holds it longer is
+    /// broken or hostile, and must not keep the connection, nor a place
+    /// among `limits.max_pending_connections`: its link is closed, and
+    /// what it held is routed again as for a worker that died.
+    async fn expire_handoffs(self: Rc<Self>) {
+        let limit = self.cfg.timeouts.handoff_ms * 2;
+        let mut every = tokio::time::interval(Duration::from_secs(1).min(limit));
+        loop {
+            every.tick().await;
+            let now = Instant::now();
+            let st = self.st.borrow();
+            for (slot, peer) in &st.peers {
+                if let Some(oldest) = peer.in_flight.values().map(|f| f.since).min() {
+                    if now.duration_since(oldest) >= limit {
+                        warn!(app = %self.cfg.app, worker = slot, pid = peer.pid, unconfirmed = peer.in_flight.len(), "agent confirmed no connection handed to it for {limit:?}: dropped, its connections go to the others");
+                        peer.link.close();
+                    }
+                }
+            }
         }
     }
 

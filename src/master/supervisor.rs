@@ -53,14 +53,15 @@ impl Supervisor {
     }
 
     /// Whether process `pid` is the agent of worker `slot`: one this master
-    /// spawned (`sio up`), or one running in that worker's unit.
-    pub fn is_agent(&self, cfg: &AppConfig, slot: u16, pid: u32) -> Result<(), String> {
+    /// spawned (`sio up`), or the main process of that worker's unit as
+    /// the system manager tells it.
+    pub async fn is_agent(&self, cfg: &AppConfig, slot: u16, pid: u32) -> Result<(), String> {
         match self {
             Supervisor::Embedded(e) => match e.running.borrow().get(&slot) {
                 Some(&p) if p == pid => Ok(()),
                 _ => Err(format!("pid {pid} is not the agent this master started for worker {slot}")),
             },
-            Supervisor::Systemd(_) => crate::systemd::runs_in_worker_unit(&cfg.app, slot, pid),
+            Supervisor::Systemd(w) => w.is_agent(&cfg.app, slot, pid).await,
         }
     }
 

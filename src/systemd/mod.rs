@@ -35,27 +35,19 @@ pub fn master_unit(app: &str) -> String {
     format!("sio@{app}.service")
 }
 
-/// The service a process runs in, from its `/proc/PID/cgroup`: the last
-/// `*.service` component of its cgroup path (the unified hierarchy's line
-/// `0::`, else the `name=systemd` one), which a process cannot leave
-/// without privileges systemd's units do not grant.
-pub fn service_of_cgroup(cgroup: &str) -> Option<&str> {
-    let path_of = |prefix: &str| cgroup.lines().find_map(|l| l.strip_prefix(prefix));
-    let path =
-        path_of("0::").or_else(|| cgroup.lines().find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)))?;
-    path.rsplit('/').find(|c| c.ends_with(".service"))
-}
-
-/// Whether process `pid` runs in worker unit `slot` of `app`.
-pub fn runs_in_worker_unit(app: &str, slot: u16, pid: u32) -> Result<(), String> {
-    let unit = worker_unit(app, slot);
-    let cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .map_err(|e| format!("cannot tell the unit of pid {pid}: {e}"))?;
-    match service_of_cgroup(&cgroup) {
-        Some(u) if u == unit => Ok(()),
-        Some(u) => Err(format!("pid {pid} runs in {u}, not in {unit}")),
-        None => Err(format!("pid {pid} runs in no service, not in {unit}")),
+/// The object path under which the system manager serves `unit`
+/// (`sd_bus_path_encode`: every byte but ASCII letters, and digits after
+/// the first byte, as `_xx`).
+fn unit_object_path(unit: &str) -> String {
+    let mut path = String::from("/org/freedesktop/systemd1/unit/");
+    for (i, b) in unit.bytes().enumerate() {
+        if b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()) {
+            path.push(char::from(b));
+        } else {
+            path.push_str(&format!("_{b:02x}"));
+        }
     }
+    path
 }
 
 /// An app's worker units, managed through systemd's D-Bus API.
@@ -71,6 +63,44 @@ impl Workers {
         let manager = ManagerProxy::new(&conn).await?;
         manager.subscribe().await?;
         Ok(Workers { conn, manager, app: app.to_owned() })
+    }
+
+    /// Whether process `pid` is the agent of worker `slot`: the main
+    /// process of `sio-worker@APP:N.service` as PID 1 of the *system*
+    /// manager tells it. A cgroup path is no proof: a user's own manager,
+    /// or any delegated subtree, can make one whose last component has
+    /// that name. Nor is a process in the right unit enough: the app's
+    /// Node runs there too, as the agent's child.
+    pub async fn is_agent(&self, app: &str, slot: u16, pid: u32) -> Result<(), String> {
+        let unit = worker_unit(app, slot);
+        let path = match self.manager.get_unit_by_pid(pid).await {
+            Ok(path) => path,
+            Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoUnitForPID" => {
+                return Err(format!("pid {pid} runs in no unit of the system manager, not in {unit}"))
+            }
+            Err(e) => return Err(format!("cannot ask the system manager for the unit of pid {pid}: {e}")),
+        };
+        if path.as_str() != unit_object_path(&unit) {
+            let id = match UnitProxy::builder(&self.conn).path(path.clone()) {
+                Ok(b) => match b.build().await {
+                    Ok(p) => p.id().await.unwrap_or_else(|_| path.to_string()),
+                    Err(_) => path.to_string(),
+                },
+                Err(_) => path.to_string(),
+            };
+            return Err(format!("pid {pid} runs in {id}, not in {unit}"));
+        }
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .map_err(|e| e.to_string())?
+            .build()
+            .await
+            .map_err(|e| e.to_string())?;
+        match service.main_pid().await {
+            Ok(main) if main == pid => Ok(()),
+            Ok(main) => Err(format!("pid {pid} runs in {unit} but is not its main process (pid {main})")),
+            Err(e) => Err(format!("cannot ask the system manager for the main process of {unit}: {e}")),
+        }
     }
 
     async fn job(&self, unit: &str, start: bool) -> Result<(), String> {
@@ -218,16 +248,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_service_of_a_process_comes_from_its_cgroup_path() {
-        let v2 = "0::/system.slice/system-sio\\x2dworker.slice/sio-worker@chat:1.service\n";
-        assert_eq!(service_of_cgroup(v2), Some("sio-worker@chat:1.service"));
-        // A sub-cgroup inside the unit (delegation) still names the unit.
-        assert_eq!(service_of_cgroup("0::/system.slice/sio@chat.service/payload\n"), Some("sio@chat.service"));
-        let hybrid = "12:cpu:/x\n1:name=systemd:/system.slice/sio-worker@a:2.service\n0::/\n";
-        assert_eq!(service_of_cgroup(hybrid), None, "the unified line wins, and names no service here");
-        let v1 = "12:cpu:/x\n1:name=systemd:/system.slice/sio-worker@a:2.service\n";
-        assert_eq!(service_of_cgroup(v1), Some("sio-worker@a:2.service"));
-        assert_eq!(service_of_cgroup("0::/user.slice/user-1000.slice/session-3.scope\n"), None);
-        assert_eq!(service_of_cgroup(""), None);
+    fn a_units_object_path_is_its_name_escaped_as_systemd_escapes_it() {
+        // As `busctl call org.freedesktop.systemd1 ... GetUnit s NAME` answers.
+        assert_eq!(unit_object_path("dbus.service"), "/org/freedesktop/systemd1/unit/dbus_2eservice");
+        assert_eq!(
+            unit_object_path("sio-worker@chat:12.service"),
+            "/org/freedesktop/systemd1/unit/sio_2dworker_40chat_3a12_2eservice"
+        );
+        assert_eq!(unit_object_path("2x.service"), "/org/freedesktop/systemd1/unit/_32x_2eservice");
     }
 }
