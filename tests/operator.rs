@@ -271,3 +271,27 @@ fn sioctl_top_in_a_real_terminal_shows_the_workers_updates_and_quits_on_q() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(text.matches("WORKER").count(), 2, "{text}");
 }
+
+#[test]
+fn idle_and_trickling_connections_cannot_keep_a_scrape_out() {
+    let metrics_port = free_port();
+    let metrics = format!("127.0.0.1:{metrics_port}");
+    let app = App::start_with(1, json!({ "metrics": metrics }));
+    // A hundred connections that say nothing, and ten that trickle a
+    // request a byte at a time, held while Prometheus scrapes.
+    let idle: Vec<std::net::TcpStream> = (0..100).map(|_| std::net::TcpStream::connect(&metrics).unwrap()).collect();
+    let mut trickling: Vec<std::net::TcpStream> =
+        (0..10).map(|_| std::net::TcpStream::connect(&metrics).unwrap()).collect();
+    for s in &mut trickling {
+        s.write_all(b"GE").unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    let (code, page) = curl(&format!("http://{metrics}/metrics"), None);
+    let took = t0.elapsed();
+    println!("a scrape past 110 idle connections took {took:?}");
+    assert_eq!(code, 200, "{page}");
+    assert!(page.contains("sio_sessions"), "{page}");
+    drop((idle, trickling));
+    assert!(alive(app.pid()));
+}
