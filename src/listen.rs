@@ -40,6 +40,30 @@ pub struct Listeners {
     pub activated: bool,
 }
 
+/// Of the TCP sockets systemd passed (the metrics socket taken out), keeps
+/// those at one of the config's `listen` addresses: a socket the unit still
+/// holds from an earlier config (a changed `metrics` or `listen` before
+/// `systemctl restart sio@APP.socket`) is never served as the app's, nor
+/// handed to its workers. If none is at a `listen` address the unit is
+/// stale as a whole, and serving what it holds beats serving nothing.
+fn keep_the_apps_own(cfg: &AppConfig, sockets: &mut Vec<TcpListener>) {
+    let at_listen = |l: &TcpListener| l.local_addr().is_ok_and(|a| cfg.listen.contains(&a));
+    if !sockets.iter().any(at_listen) {
+        if !sockets.is_empty() {
+            tracing::warn!(app = %cfg.app, "none of the sockets systemd passed is at a `listen` address of {}: serving them all the same (systemctl daemon-reload, then restart sio@{}.socket)", cfg.path.display(), cfg.app);
+        }
+        return;
+    }
+    sockets.retain(|l| {
+        let keep = at_listen(l);
+        if !keep {
+            let addr = l.local_addr().map_or_else(|_| "?".to_owned(), |a| a.to_string());
+            tracing::warn!(app = %cfg.app, "systemd passed a socket at {addr}, neither `listen` nor `metrics` of {}: not served (systemctl daemon-reload, then restart sio@{}.socket)", cfg.path.display(), cfg.app);
+        }
+        keep
+    });
+}
+
 impl Listeners {
     /// Takes the activated sockets if there are any, else binds `listen`
     /// from the config.
@@ -70,6 +94,7 @@ impl Listeners {
         let metrics_at = |l: &TcpListener| cfg.metrics.is_some_and(|m| l.local_addr().is_ok_and(|a| a == m));
         let mut metrics = sockets.iter().position(metrics_at).map(|i| sockets.remove(i));
         let activated = !sockets.is_empty();
+        keep_the_apps_own(cfg, &mut sockets);
         if !activated {
             for addr in &cfg.listen {
                 let l = TcpListener::bind(addr).map_err(|e| {

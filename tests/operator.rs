@@ -295,3 +295,35 @@ fn idle_and_trickling_connections_cannot_keep_a_scrape_out() {
     drop((idle, trickling));
     assert!(alive(app.pid()));
 }
+
+#[test]
+fn sioctl_import_as_root_runs_the_ecosystem_file_as_its_owner_and_writes_the_config_for_owner_and_group_alone() {
+    let dir = scratch_dir(&format!("{}-import-root", app_name()));
+    // Root's own file: run as nobody. It says who ran it, and what the
+    // caller's NODE_OPTIONS would have slipped in.
+    let file = dir.join("ecosystem.config.js");
+    std::fs::write(
+        &file,
+        "module.exports = { apps: [{ name: 'by' + process.getuid() + (process.env.NODE_OPTIONS ? 'opts' : ''), script: 'w.js', env: { SECRET: 's' } }] };\n",
+    )
+    .unwrap();
+    let out_dir = dir.join("out");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_sioctl"))
+        .args(["import", "--write"])
+        .arg(&out_dir)
+        .arg(&file)
+        .env("NODE_OPTIONS", "--max-old-space-size=100")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let expected = if nix::unistd::geteuid().is_root() { "by65534.json" } else { "" };
+    let written: Vec<String> =
+        std::fs::read_dir(&out_dir).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    if !expected.is_empty() {
+        assert_eq!(written, [expected], "root's ecosystem file ran as nobody, without NODE_OPTIONS");
+    }
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(out_dir.join(&written[0])).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o640, "the config holds secrets");
+}

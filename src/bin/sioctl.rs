@@ -157,11 +157,23 @@ const READ_ECOSYSTEM: &str = "const f = require(require('path').resolve(process.
     process.stdout.write(JSON.stringify(apps));";
 
 fn import(file: &std::path::Path, env: Option<&str>, write: Option<&std::path::Path>) -> Result<(), String> {
-    let out = std::process::Command::new("node")
-        .args(["-e", READ_ECOSYSTEM])
-        .arg(file)
-        .output()
-        .map_err(|e| format!("cannot run node to read {}: {e}", file.display()))?;
+    use std::os::unix::fs::MetadataExt;
+    use std::os::unix::process::CommandExt;
+    let mut node = std::process::Command::new("node");
+    // The ecosystem file is code, and what it `require`s too: run as root,
+    // it runs as its file's owner (root's own file as nobody), without
+    // native addons and without the caller's NODE_OPTIONS.
+    node.args(["--no-addons", "-e", READ_ECOSYSTEM]).arg(file).env_remove("NODE_OPTIONS");
+    if nix::unistd::geteuid().is_root() {
+        let owner = std::fs::metadata(file).map_err(|e| format!("{}: {e}", file.display()))?;
+        let (uid, gid) = match (owner.uid(), owner.gid()) {
+            (0, _) => (65534, 65534),
+            ids => ids,
+        };
+        // std drops root's supplementary groups with the uid.
+        node.uid(uid).gid(gid);
+    }
+    let out = node.output().map_err(|e| format!("cannot run node to read {}: {e}", file.display()))?;
     if !out.status.success() {
         return Err(format!("node could not read {}: {}", file.display(), String::from_utf8_lossy(&out.stderr).trim()));
     }
@@ -183,8 +195,11 @@ fn import(file: &std::path::Path, env: Option<&str>, write: Option<&std::path::P
         (Some(dir), all) => {
             for i in all {
                 let path = dir.join(format!("{}.json", i.name));
+                // It may hold the app's secrets (`env`): readable by its
+                // owner and group alone (README, "Under systemd").
+                use std::os::unix::fs::OpenOptionsExt;
                 let mut f =
-                    std::fs::OpenOptions::new().write(true).create_new(true).open(&path).map_err(|e| {
+                    std::fs::OpenOptions::new().write(true).create_new(true).mode(0o640).open(&path).map_err(|e| {
                         format!("{}: {e} (an existing app config is never overwritten)", path.display())
                     })?;
                 f.write_all(json(i).as_bytes()).map_err(|e| format!("{}: {e}", path.display()))?;

@@ -47,8 +47,10 @@ pub fn generate(config_dir: &Path, out: &Path) -> io::Result<()> {
         match read_view(&path) {
             Ok((app, view)) => {
                 let mut listen = view.listen;
-                // The master tells the metrics socket from the app's by its address.
-                listen.extend(view.metrics);
+                // The master tells the metrics socket from the app's by its
+                // address: one address the app's and the metrics' both is
+                // the full config's error, and held once here.
+                listen.extend(view.metrics.filter(|m| !listen.contains(m)));
                 let dir = out.join(format!("sio@{app}.socket.d"));
                 std::fs::create_dir_all(&dir)?;
                 std::fs::write(dir.join("50-listen.conf"), listen_drop_in(&path, &listen))?;
@@ -66,15 +68,38 @@ pub fn generate(config_dir: &Path, out: &Path) -> io::Result<()> {
     Ok(())
 }
 
+/// Largest config file read: an app's config is a few hundred bytes.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
 /// The app name and what the generator reads of one config file.
 fn read_view(path: &Path) -> Result<(String, config::GeneratorView), config::ConfigError> {
     let app = config::app_name(path)?;
-    let text = std::fs::read_to_string(path).map_err(|e| config::ConfigError {
-        path: path.to_owned(),
-        field: None,
-        message: format!("cannot read: {e}"),
-    })?;
+    let fail = |message: String| config::ConfigError { path: path.to_owned(), field: None, message };
+    let text = read_regular_file(path).map_err(fail)?;
     Ok((app, config::generator_view(path, &text)?))
+}
+
+/// Reads a regular file of at most [`MAX_CONFIG_BYTES`]. A generator runs
+/// at boot and on every `daemon-reload`, under a time limit: a FIFO named
+/// `*.json` must not hang it, nor a link to `/dev/zero` fill its memory.
+fn read_regular_file(path: &Path) -> Result<String, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK | nix::libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot read: {e}"))?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(format!("{} bytes, over {MAX_CONFIG_BYTES}", meta.len()));
+    }
+    let mut text = String::new();
+    file.take(MAX_CONFIG_BYTES + 1).read_to_string(&mut text).map_err(|e| format!("cannot read: {e}"))?;
+    Ok(text)
 }
 
 #[cfg(test)]
@@ -122,6 +147,21 @@ mod tests {
             assert_eq!(allowed(app), None, "{app}: no address to allow");
             assert!(out.join(format!("sio@{app}.socket.d/50-listen.conf")).exists(), "{app}: its socket all the same");
         }
+        std::fs::remove_dir_all(etc.parent().unwrap()).unwrap();
+    }
+
+    #[test]
+    fn a_fifo_a_device_and_a_huge_file_are_skipped_and_an_address_is_held_once() {
+        let (etc, out) = folders("special");
+        nix::unistd::mkfifo(&etc.join("a.json"), nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        std::os::unix::fs::symlink("/dev/zero", etc.join("b.json")).unwrap();
+        std::fs::write(etc.join("c.json"), " ".repeat(MAX_CONFIG_BYTES as usize + 1)).unwrap();
+        std::fs::write(etc.join("d.json"), r#"{"listen": "127.0.0.1:4000", "metrics": "127.0.0.1:4000"}"#).unwrap();
+        generate(&etc, &out).unwrap();
+        let written: Vec<_> = std::fs::read_dir(&out).unwrap().map(|e| e.unwrap().file_name()).collect();
+        assert_eq!(written, ["sio@d.socket.d"], "the one after them is written");
+        let drop_in = std::fs::read_to_string(out.join("sio@d.socket.d/50-listen.conf")).unwrap();
+        assert!(drop_in.ends_with("[Socket]\nListenStream=127.0.0.1:4000\n"), "{drop_in}");
         std::fs::remove_dir_all(etc.parent().unwrap()).unwrap();
     }
 
