@@ -177,6 +177,22 @@ mod tests {
     use nix::sys::socket::{getsockopt, sockopt};
 
     #[test]
+    fn a_passed_socket_at_no_listen_address_is_not_the_apps() {
+        let (app, stale) = (TcpListener::bind("127.0.0.1:0").unwrap(), TcpListener::bind("127.0.0.1:0").unwrap());
+        let (at, stale_at) = (app.local_addr().unwrap(), stale.local_addr().unwrap());
+        let cfg = |listen: std::net::SocketAddr| {
+            let text = format!(r#"{{"command": ["n"], "listen": "{listen}"}}"#);
+            AppConfig::parse(std::path::Path::new("/etc/sio/a.json"), &text).unwrap()
+        };
+        let mut passed = vec![app, stale];
+        keep_the_apps_own(&cfg(at), &mut passed);
+        assert_eq!(passed.iter().map(|l| l.local_addr().unwrap()).collect::<Vec<_>>(), [at], "{stale_at} left out");
+        // A unit that holds nothing of this config: what it holds is served.
+        keep_the_apps_own(&cfg("127.0.0.1:1".parse().unwrap()), &mut passed);
+        assert_eq!(passed.len(), 1);
+    }
+
+    #[test]
     fn a_connection_accepted_from_a_socket_of_the_config_is_nodelay() {
         // Under `sio up` the master binds the config's addresses itself;
         // it must give them what `sio@.socket` gives systemd's.
