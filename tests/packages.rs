@@ -217,8 +217,19 @@ fn the_packages_install_run_upgrade_without_a_disconnect_and_purge_clean() {
     assert!(removed.status.success(), "{}", String::from_utf8_lossy(&removed.stderr));
     let active = sb.systemctl(&["list-units", "--state=active", "--no-legend", "--plain", "sio*"]);
     assert_eq!(active.trim(), "", "still active after removal");
+    // A drop-in the admin wrote, as the README says to, is theirs.
+    let admin = Path::new("/etc/systemd/system/sio-worker@.service.d/sio-test-admin.conf");
+    let admin_made_dir = !admin.parent().unwrap().exists();
+    std::fs::create_dir_all(admin.parent().unwrap()).unwrap();
+    std::fs::write(admin, "[Service]\nReadWritePaths=/srv\n").unwrap();
     let purged = sb.exec(&["dpkg", "--purge", "sio"]);
+    let kept = admin.exists();
+    let _ = std::fs::remove_file(admin);
+    if admin_made_dir {
+        let _ = std::fs::remove_dir(admin.parent().unwrap());
+    }
     assert!(purged.status.success(), "{}", String::from_utf8_lossy(&purged.stderr));
+    assert!(kept, "the admin's drop-in is kept on purge");
     for f in deb_files(&newer) {
         assert!(!Path::new(&f).exists(), "{f} left after purge");
     }
