@@ -628,6 +628,26 @@ fn a_process_in_a_lookalike_worker_cgroup_is_refused_as_an_agent_on_every_door_a
 }
 
 #[test]
+fn an_agent_that_never_confirms_a_handoff_is_dropped_and_its_connections_served_by_the_others() {
+    // Worker 2's unit runs an agent that takes connections and answers
+    // nothing: the master's own timer, not the agent's, must end it.
+    let (sb, app, port) = booted_with(2, json!({"timeouts": {"drain_ms": 300, "handoff_ms": 1000}}));
+    let silent = repo().join("tests/silent_agent.py");
+    sb.drop_in(
+        &format!("sio-worker@{app}:2.service"),
+        &format!("[Service]\nExecStart=\nExecStart=/usr/bin/python3 {} %i\nRestartSec=60s\n", silent.display()),
+    );
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    sb.wait_status(&app, "both workers ready", Duration::from_secs(30), ready(2));
+    let r = node("race.js", &[&port.to_string(), "20"]);
+    assert_eq!(r["counts"], json!({"ok": 20}), "every session served: {r}");
+    let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
+    assert!(log.contains("agent confirmed no connection handed to it for 2s: dropped"), "{log}");
+    let held = sb.journal(&["-u", &format!("sio-worker@{app}:2.service"), "-o", "cat"]);
+    assert!(held.contains("holding "), "the silent agent took connections: {held}");
+}
+
+#[test]
 fn each_units_exposure_stays_within_its_threshold() {
     // systemd-analyze's threshold is the exposure times ten.
     let dir = scratch_dir(&format!("{}-security", app_name()));
