@@ -73,6 +73,10 @@ pub const MAX_REMOTES: usize = 1_024;
 /// Namespaces bridged at most (each costs two subscriptions and a probe
 /// every [`PROBE_INTERVAL`]).
 pub const MAX_NAMESPACES: usize = 1_024;
+/// A namespace no worker has served for this long is no longer bridged
+/// (unsubscribed, no longer probed): dynamic namespaces come and go, and
+/// a worker's restart is far shorter.
+pub const UNSERVED_GRACE: Duration = Duration::from_secs(60);
 /// The room of the probe: no socket can be in it (rooms come from
 /// `socket.join()`, and this one holds a NUL).
 pub const PROBE_ROOM: &str = "\0sio-bridge-probe";
@@ -110,6 +114,7 @@ pub enum Local {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Action {
     Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
     Publish {
         channel: String,
         payload: Vec<u8>,
@@ -148,6 +153,8 @@ pub struct Bridge {
     uid: String,
     names: Names,
     namespaces: BTreeSet<String>,
+    /// Bridged namespaces no worker serves, since when.
+    unserved_since: HashMap<String, Instant>,
     /// Remote servers by (namespace, uid), when last heard of.
     remotes: HashMap<(String, String), Instant>,
     /// By (requester, request id): a request id is the requester's own, so
@@ -166,6 +173,7 @@ impl Bridge {
             uid,
             names,
             namespaces: BTreeSet::new(),
+            unserved_since: HashMap::new(),
             remotes: HashMap::new(),
             incoming: HashMap::new(),
             incoming_by_requester: HashMap::new(),
@@ -445,6 +453,30 @@ impl Bridge {
             for nsp in namespaces {
                 out.push(self.probe(&nsp));
                 out.extend(self.heartbeats(&nsp, Local::All));
+            }
+        }
+        out
+    }
+
+    /// Stops bridging the namespaces that no worker has served (`served`
+    /// says which are) for [`UNSERVED_GRACE`]; call with [`Self::tick`].
+    pub fn forget_unserved(&mut self, now: Instant, served: impl Fn(&str) -> bool) -> Vec<Action> {
+        let mut out = Vec::new();
+        let namespaces: Vec<String> = self.namespaces.iter().cloned().collect();
+        for nsp in namespaces {
+            if served(&nsp) {
+                self.unserved_since.remove(&nsp);
+                continue;
+            }
+            let since = *self.unserved_since.entry(nsp.clone()).or_insert(now);
+            if now.duration_since(since) >= UNSERVED_GRACE {
+                self.unserved_since.remove(&nsp);
+                self.namespaces.remove(&nsp);
+                self.remotes.retain(|(n, _), _| *n != nsp);
+                out.push(Action::Unsubscribe(vec![
+                    self.names.public_channel(&nsp),
+                    self.names.private_channel(&nsp, &self.uid),
+                ]));
             }
         }
         out

@@ -36,6 +36,7 @@ const BATCH: usize = 256;
 #[derive(Debug)]
 pub enum Out {
     Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
     Publish { channel: String, payload: Vec<u8> },
     Append(Vec<(&'static str, String)>),
 }
@@ -197,6 +198,12 @@ async fn write_and_subscribe(
                         warn!("bridge cannot subscribe to {channels:?} ({e}): asked again until Redis answers");
                         unsubscribed.extend(channels);
                     }
+                }
+                Out::Unsubscribe(channels) => {
+                    unsubscribed.retain(|c| !channels.contains(c));
+                    // Failing, redis-rs keeps them for its next reconnect:
+                    // their messages are then dropped for an unserved namespace.
+                    let _ = con.unsubscribe(&channels).await;
                 }
                 Out::Publish { channel, payload } => {
                     pipe.cmd("PUBLISH").arg(channel).arg(payload).ignore();

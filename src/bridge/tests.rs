@@ -213,3 +213,22 @@ fn remote_servers_and_namespaces_are_bounded() {
     }
     assert_eq!(b.namespaces.len(), MAX_NAMESPACES);
 }
+
+#[test]
+fn a_namespace_no_worker_serves_is_unsubscribed_after_the_grace_and_served_again_on_use() {
+    let (mut b, now) = serving();
+    let dynamic = Message { nsp: "/room-42".into(), ..msg(INITIAL_HEARTBEAT, "w1", None) };
+    b.from_worker(dynamic.clone(), now);
+    let served = |nsp: &str| nsp == "/";
+    assert!(b.forget_unserved(now, served).is_empty(), "a restart is shorter than the grace");
+    let later = b.forget_unserved(now + UNSERVED_GRACE, served);
+    assert_eq!(later, [Action::Unsubscribe(vec!["socket.io#/room-42#".into(), "socket.io#/room-42#HOST#".into()])]);
+    assert_eq!(b.namespaces.iter().collect::<Vec<_>>(), ["/"], "no longer probed");
+    // Back in use: subscribed again.
+    let again = b.from_worker(dynamic, now + UNSERVED_GRACE);
+    assert!(again.iter().any(|a| matches!(a, Action::Subscribe(_))), "{again:?}");
+    // A namespace served again before the grace runs out is kept.
+    assert!(b.forget_unserved(now + UNSERVED_GRACE, |_| false).is_empty());
+    assert!(b.forget_unserved(now + UNSERVED_GRACE * 3 / 2, |_| true).is_empty());
+    assert!(b.forget_unserved(now + UNSERVED_GRACE * 2, |_| false).is_empty(), "its clock started anew");
+}

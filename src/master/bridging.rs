@@ -107,7 +107,12 @@ impl Master {
                 loop {
                     every.tick().await;
                     let bridge = master.bridge.get().expect("set above");
-                    let actions = bridge.state.borrow_mut().tick(Instant::now());
+                    let now = Instant::now();
+                    let mut actions = bridge.state.borrow_mut().tick(now);
+                    let st = master.st.borrow();
+                    actions
+                        .extend(bridge.state.borrow_mut().forget_unserved(now, |nsp| st.router.adapters_on(nsp) > 0));
+                    drop(st);
                     master.apply(&mut master.st.borrow_mut(), actions);
                 }
             }
@@ -159,6 +164,7 @@ impl Master {
         for action in actions {
             match action {
                 Action::Subscribe(channels) => bridge.outbox.send(Out::Subscribe(channels)),
+                Action::Unsubscribe(channels) => bridge.outbox.send(Out::Unsubscribe(channels)),
                 Action::Publish { channel, payload } => bridge.outbox.send(Out::Publish { channel, payload }),
                 Action::Append(fields) => bridge.outbox.send(Out::Append(fields)),
                 Action::ToWorkers { to, message } => {

@@ -453,6 +453,27 @@ mod tests {
     }
 
     #[test]
+    fn strings_a_worker_chooses_are_kept_within_bounds_and_freed_as_they_close() {
+        let now = Instant::now();
+        let mut r = ready_router(&[1, 2]);
+        let long = "s".repeat(MAX_SID_LEN + 1);
+        assert!(!r.session_opened(1, &long, now), "a foreign sid past its length is not kept");
+        for i in 0..MAX_FOREIGN_SIDS + 10 {
+            r.session_opened(1, &format!("f{i}"), now);
+        }
+        assert_eq!(r.foreign_sids.len(), MAX_FOREIGN_SIDS, "one worker's sids are bounded");
+        assert!(r.session_opened(2, "another-worker", now), "and leave the others theirs");
+        r.session_closed(1, "f0");
+        assert!(r.session_opened(1, "room-again", now), "a closed one frees its place");
+        for i in 0..crate::nodeipc::MAX_ADAPTERS + 10 {
+            r.adapter_seen(1, "A", &format!("/n{i}"));
+        }
+        r.adapter_seen(1, &"u".repeat(crate::nodeipc::MAX_UID_LEN + 1), "/");
+        assert_eq!(r.gone(1).len(), crate::nodeipc::MAX_ADAPTERS, "one worker's adapters are bounded");
+        assert_eq!(r.foreign_sids.len(), 1, "a worker's sids go with it");
+    }
+
+    #[test]
     fn a_slot_admits_one_agent() {
         let mut r = ready_router(&[1]);
         assert!(!r.connected(1));
