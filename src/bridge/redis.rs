@@ -94,16 +94,15 @@ pub fn tcp_ip(url: &str) -> Option<std::net::IpAddr> {
     }
 }
 
-/// Connects in the background and returns the outbox and what arrives
-/// from Redis (decoded; what cannot be decoded is logged and skipped). The
-/// stream's entries written by `own_uid`, this host's echoes, are skipped
-/// before their payload is decoded.
 /// What the readers hand the bridge: a message, or why one was refused
 /// unread (the bridge counts and logs refusals in one place).
 pub type Inbound = Result<Message, Rejection>;
 
-/// Starts the bridge's I/O; messages from Redis larger than `max_bytes`
-/// are refused without being decoded.
+/// Connects in the background and returns the outbox and what arrives
+/// from Redis: decoded messages, or why one could not be (unreadable, or
+/// larger than `max_bytes`, which is never decoded). The stream's entries
+/// written by `own_uid`, this host's echoes, are skipped before their
+/// payload is decoded.
 pub fn spawn(
     url: &str,
     names: &Names,
