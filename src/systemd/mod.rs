@@ -81,13 +81,8 @@ impl Workers {
             Err(e) => return Err(format!("cannot ask the system manager for the unit of pid {pid}: {e}")),
         };
         if path.as_str() != unit_object_path(&unit) {
-            let id = match UnitProxy::builder(&self.conn).path(path.clone()) {
-                Ok(b) => match b.build().await {
-                    Ok(p) => p.id().await.unwrap_or_else(|_| path.to_string()),
-                    Err(_) => path.to_string(),
-                },
-                Err(_) => path.to_string(),
-            };
+            let id = async { UnitProxy::builder(&self.conn).path(path.clone())?.build().await?.id().await };
+            let id = id.await.unwrap_or_else(|_: zbus::Error| path.to_string());
             return Err(format!("pid {pid} runs in {id}, not in {unit}"));
         }
         let service = ServiceProxy::builder(&self.conn)
