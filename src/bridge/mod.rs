@@ -67,8 +67,9 @@ pub const MAX_REQUESTS: usize = 10_000;
 /// Requests of one remote server tracked at once, so that one cannot fill
 /// the table for the others.
 pub const MAX_REQUESTS_PER_REMOTE: usize = 1_000;
-/// Remote servers (per namespace) heartbeaten to the workers at most: each
-/// is a cluster member the workers count and wait for.
+/// Remote servers heartbeaten to the workers at most, counted per
+/// (namespace, server): each is a cluster member the workers count and
+/// wait for.
 pub const MAX_REMOTES: usize = 1_024;
 /// Namespaces bridged at most (each costs two subscriptions and a probe
 /// every [`PROBE_INTERVAL`]).
@@ -207,14 +208,10 @@ impl Bridge {
         if self.namespaces.contains(nsp) || self.namespaces.len() >= MAX_NAMESPACES {
             return;
         }
-        if self.namespaces.insert(nsp.to_owned()) {
-            out.push(Action::Subscribe(vec![
-                self.names.public_channel(nsp),
-                self.names.private_channel(nsp, &self.uid),
-            ]));
-            out.push(self.probe(nsp));
-            self.next_probe.get_or_insert(now + PROBE_INTERVAL);
-        }
+        self.namespaces.insert(nsp.to_owned());
+        out.push(Action::Subscribe(vec![self.names.public_channel(nsp), self.names.private_channel(nsp, &self.uid)]));
+        out.push(self.probe(nsp));
+        self.next_probe.get_or_insert(now + PROBE_INTERVAL);
     }
 
     fn probe(&mut self, nsp: &str) -> Action {
