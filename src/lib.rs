@@ -52,3 +52,9 @@ pub mod systemd;
 pub mod top;
 pub mod up;
 pub mod wire;
+
+/// FNV-1a, 64 bits: a hash that stays the same across builds and releases
+/// (std's does not), for names derived from content or from other names.
+pub fn stable_hash(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}

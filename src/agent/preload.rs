@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 const SOURCE: &str = include_str!("preload.js");
 
 fn content_hash() -> u64 {
-    SOURCE.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+    crate::stable_hash(SOURCE.as_bytes())
 }
 
 fn private_dir() -> io::Result<PathBuf> {
