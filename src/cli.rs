@@ -29,10 +29,20 @@ pub enum Command {
         #[arg(long, value_enum, default_value_t = Supervision::Auto)]
         supervisor: Supervision,
     },
+    /// Make APP's user and group (sio-app-APP) and let them read its config:
+    /// what sio-bus@APP.socket runs, as root, before it binds the app's bus.
+    /// Run it by hand to own the app's files by that group before its first
+    /// start.
+    Provision {
+        app: String,
+        /// Folder of APP.json files.
+        #[arg(long, env = "SIO_CONFIG_DIR", default_value = DEFAULT_CONFIG_DIR)]
+        config_dir: PathBuf,
+    },
     /// Write the man pages and shell completions into DIR (for packages).
     #[command(hide = true)]
     Docs { dir: PathBuf },
-    /// Run the agent of one worker, APP:N (what sio-worker@APP:N.service runs).
+    /// Run the agent of one worker, APP:N (what sio-worker-APP@N.service runs).
     Worker {
         instance: String,
         /// Folder of APP.json files.

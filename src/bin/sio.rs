@@ -67,6 +67,15 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
+        Command::Provision { app, config_dir } => match sio::systemd::provision::provision(&app, &config_dir) {
+            Ok(notes) => {
+                for note in notes {
+                    eprintln!("sio provision {app}: {note}");
+                }
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(format!("provision {app}: {e}")),
+        },
         Command::Docs { dir } => match sio::docs::write_all(&dir) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(format!("docs: {e}")),

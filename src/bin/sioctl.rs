@@ -310,15 +310,7 @@ fn main() -> ExitCode {
         Command::Reload { app } => run_change(app, Request::Reload),
         Command::Logs { app, follow, lines } => {
             let mut cmd = std::process::Command::new("journalctl");
-            cmd.args([
-                "-u",
-                &format!("sio@{app}.service"),
-                "-u",
-                &format!("sio-worker@{app}:*.service"),
-                "-n",
-                &lines.to_string(),
-                "--no-pager",
-            ]);
+            cmd.args(sio::systemd::journal_units(app)).args(["-n", &lines.to_string(), "--no-pager"]);
             if *follow {
                 cmd.arg("-f");
             }
@@ -356,7 +348,7 @@ mod top_view {
             return vec!["(sio up writes its logs to its own terminal)".into()];
         }
         let out = std::process::Command::new("journalctl")
-            .args(["-u", &format!("sio@{app}.service"), "-u", &format!("sio-worker@{app}:*.service")])
+            .args(sio::systemd::journal_units(app))
             .args(["-n", "5", "-o", "short", "--no-pager", "-q"])
             .output();
         match out {

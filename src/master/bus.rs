@@ -284,7 +284,7 @@ impl Master {
                 // unit, or this master's spawn), not by its uid or by its
                 // cgroup's name: the app's user is not trusted, and anyone
                 // can make a cgroup of that name in a subtree of their own.
-                if let Err(why) = self.supervisor.is_agent(&self.cfg, slot, pid).await {
+                if let Err(why) = self.supervisor.is_agent(slot, pid).await {
                     self.st.borrow_mut().counters.refused_peers += 1;
                     if self.warned.foreign_agent.due() {
                         warn!(app = %self.cfg.app, worker = slot, peer_uid = creds.uid(), peer_pid = pid, "refused a bus peer that claims to be an agent: {why}");

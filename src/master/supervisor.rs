@@ -5,7 +5,7 @@
 //!   them all when it stops. Agents die with the master
 //!   (`PR_SET_PDEATHSIG`): no orphans even after a SIGKILL.
 //! * [`Supervisor::Systemd`] (`sio master` under systemd): workers are
-//!   `sio-worker@APP:N.service` units with a life of their own, started and
+//!   `sio-worker-APP@N.service` units with a life of their own, started and
 //!   stopped over D-Bus. systemd restarts them; a master restart leaves them
 //!   running (the new master adopts them); only a real stop of the master's
 //!   unit stops them too.
@@ -55,13 +55,13 @@ impl Supervisor {
     /// Whether process `pid` is the agent of worker `slot`: one this master
     /// spawned (`sio up`), or the main process of that worker's unit as
     /// the system manager tells it.
-    pub async fn is_agent(&self, cfg: &AppConfig, slot: u16, pid: u32) -> Result<(), String> {
+    pub async fn is_agent(&self, slot: u16, pid: u32) -> Result<(), String> {
         match self {
             Supervisor::Embedded(e) => match e.running.borrow().get(&slot) {
                 Some(&p) if p == pid => Ok(()),
                 _ => Err(format!("pid {pid} is not the agent this master started for worker {slot}")),
             },
-            Supervisor::Systemd(w) => w.is_agent(&cfg.app, slot, pid).await,
+            Supervisor::Systemd(w) => w.is_agent(slot, pid).await,
         }
     }
 

@@ -9,11 +9,13 @@
 pub mod dbus;
 pub mod generator;
 pub mod notify;
+pub mod provision;
 
 use crate::config::Limits;
 use crate::control::Usage;
 use dbus::{JobProxy, ManagerProxy, ServiceProxy, UnitProxy};
 use futures_util::StreamExt;
+use std::collections::BTreeSet;
 use std::time::Duration;
 use zbus::zvariant::Value;
 
@@ -25,9 +27,45 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(25);
 /// Attempts at listing the running workers after a master restart.
 const LIST_ATTEMPTS: u32 = 5;
 
-/// The unit of worker `slot` of `app`.
+/// The unit of worker `slot` of `app`: an instance of the app's own
+/// template `sio-worker-APP@.service`, which the generator writes from the
+/// app's config so that each app's workers run as a user of their own
+/// ([`app_user`]). (systemd has no specifier for a part of an instance
+/// name, and drop-ins follow only a unit's prefix: one template for every
+/// app could not give each its user.)
 pub fn worker_unit(app: &str, slot: u16) -> String {
+    format!("sio-worker-{app}@{slot}.service")
+}
+
+/// The unit of worker `slot` under releases before one user per app,
+/// where every app's workers ran as `sio-app`. A master adopts such
+/// workers after an upgrade (their sessions live on) and a reload
+/// replaces them.
+pub fn legacy_worker_unit(app: &str, slot: u16) -> String {
     format!("sio-worker@{app}:{slot}.service")
+}
+
+/// Longest user name systemd-sysusers accepts (utmp's 32 bytes, less the
+/// NUL).
+const MAX_USER_NAME: usize = 31;
+
+/// The user, and group, that the workers of `app` run as: `sio-app-APP`.
+/// A name too long for a user name keeps its first 10 bytes and adds 48
+/// bits of a hash of the whole, so that two long names sharing a start are
+/// still two users.
+pub fn app_user(app: &str) -> String {
+    let whole = format!("sio-app-{app}");
+    if whole.len() <= MAX_USER_NAME {
+        return whole;
+    }
+    let hash = crate::stable_hash(app.as_bytes());
+    let start: String = app.chars().take(10).collect();
+    format!("sio-app-{start}-{:012x}", hash >> 16)
+}
+
+/// journalctl's arguments for the app's master and all its workers.
+pub fn journal_units(app: &str) -> [String; 4] {
+    ["-u".into(), master_unit(app), "-u".into(), format!("sio-worker-{app}@*.service")]
 }
 
 /// The master's unit.
@@ -55,6 +93,8 @@ pub struct Workers {
     conn: zbus::Connection,
     manager: ManagerProxy<'static>,
     app: String,
+    /// Slots whose units are [`legacy_worker_unit`]s, as last listed.
+    legacy: std::sync::Mutex<BTreeSet<u16>>,
 }
 
 impl Workers {
@@ -62,23 +102,44 @@ impl Workers {
         let conn = zbus::connection::Builder::system()?.method_timeout(CALL_TIMEOUT).build().await?;
         let manager = ManagerProxy::new(&conn).await?;
         manager.subscribe().await?;
-        Ok(Workers { conn, manager, app: app.to_owned() })
+        Ok(Workers { conn, manager, app: app.to_owned(), legacy: Default::default() })
+    }
+
+    /// The unit that runs worker `slot`: the app's own, or one adopted from
+    /// a release before one user per app.
+    fn unit_of(&self, slot: u16) -> String {
+        if self.legacy.lock().unwrap_or_else(|e| e.into_inner()).contains(&slot) {
+            legacy_worker_unit(&self.app, slot)
+        } else {
+            worker_unit(&self.app, slot)
+        }
     }
 
     /// Whether process `pid` is the agent of worker `slot`: the main
-    /// process of `sio-worker@APP:N.service` as PID 1 of the *system*
+    /// process of `sio-worker-APP@N.service` as PID 1 of the *system*
     /// manager tells it. A cgroup path is no proof: a user's own manager,
     /// or any delegated subtree, can make one whose last component has
     /// that name. Nor is a process in the right unit enough: the app's
     /// Node runs there too, as the agent's child.
-    pub async fn is_agent(&self, app: &str, slot: u16, pid: u32) -> Result<(), String> {
-        let unit = worker_unit(app, slot);
+    ///
+    /// A worker of a release before one user per app, adopted after an
+    /// upgrade, runs in [`legacy_worker_unit`]: asked for each hello rather
+    /// than from the last listing, which an agent's hello may come before.
+    pub async fn is_agent(&self, slot: u16, pid: u32) -> Result<(), String> {
+        let unit = worker_unit(&self.app, slot);
         let path = match self.manager.get_unit_by_pid(pid).await {
             Ok(path) => path,
             Err(zbus::Error::MethodError(name, _, _)) if name.as_str() == "org.freedesktop.systemd1.NoUnitForPID" => {
                 return Err(format!("pid {pid} runs in no unit of the system manager, not in {unit}"))
             }
             Err(e) => return Err(format!("cannot ask the system manager for the unit of pid {pid}: {e}")),
+        };
+        let legacy = legacy_worker_unit(&self.app, slot);
+        let unit = if path.as_str() == unit_object_path(&legacy) {
+            self.legacy.lock().unwrap_or_else(|e| e.into_inner()).insert(slot);
+            legacy
+        } else {
+            unit
         };
         if path.as_str() != unit_object_path(&unit) {
             let id = async { UnitProxy::builder(&self.conn).path(path.clone())?.build().await?.id().await };
@@ -134,6 +195,7 @@ impl Workers {
     }
 
     pub async fn start(&self, slot: u16, limits: &Limits) -> Result<(), String> {
+        self.legacy.lock().unwrap_or_else(|e| e.into_inner()).remove(&slot);
         let unit = worker_unit(&self.app, slot);
         // A slot whose unit once failed for good is used again: clear its
         // start limit (an error only means there was nothing to clear).
@@ -169,7 +231,7 @@ impl Workers {
     }
 
     pub async fn stop(&self, slot: u16) -> Result<(), String> {
-        self.job(&worker_unit(&self.app, slot), false).await
+        self.job(&self.unit_of(slot), false).await
     }
 
     /// Slots whose units are running or starting (after a master restart:
@@ -179,7 +241,13 @@ impl Workers {
         let mut attempt = 1;
         loop {
             match self.slots_in(&["active", "activating", "reloading"]).await {
-                Ok(slots) => return Ok(slots),
+                Ok(slots) => {
+                    let legacy = self.legacy.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                    if !legacy.is_empty() {
+                        tracing::warn!(app = %self.app, "workers {legacy:?} run as sio-app, the user every app shared before this release: `systemctl reload sio@{}.service` replaces them with workers of the app's own user, {}", self.app, app_user(&self.app));
+                    }
+                    return Ok(slots);
+                }
                 Err(e) if attempt < LIST_ATTEMPTS => {
                     tracing::warn!(app = %self.app, attempt, "cannot list the worker units yet: {e}");
                     tokio::time::sleep(Duration::from_millis(200) * attempt).await;
@@ -196,15 +264,19 @@ impl Workers {
         self.slots_in(&["failed"]).await
     }
 
-    /// Slots of this app's worker units in one of `states`, sorted.
+    /// Slots of this app's worker units in one of `states`, sorted; the
+    /// legacy units among them are remembered as such.
     async fn slots_in(&self, states: &[&str]) -> zbus::Result<Vec<u16>> {
-        let pattern = format!("sio-worker@{}:*.service", self.app);
-        let rows = self.manager.list_units_by_patterns(states, &[pattern.as_str()]).await?;
-        let prefix = format!("sio-worker@{}:", self.app);
-        let mut slots: Vec<u16> =
-            rows.iter().filter_map(|r| r.0.strip_prefix(&prefix)?.strip_suffix(".service")?.parse().ok()).collect();
-        slots.sort_unstable();
-        Ok(slots)
+        let (own, legacy) = (format!("sio-worker-{}@", self.app), format!("sio-worker@{}:", self.app));
+        let patterns = [format!("{own}*.service"), format!("{legacy}*.service")];
+        let rows = self.manager.list_units_by_patterns(states, &[patterns[0].as_str(), patterns[1].as_str()]).await?;
+        let slots_of = |prefix: &str| -> BTreeSet<u16> {
+            rows.iter().filter_map(|r| r.0.strip_prefix(prefix)?.strip_suffix(".service")?.parse().ok()).collect()
+        };
+        let (own, legacy) = (slots_of(&own), slots_of(&legacy));
+        // The app's own unit wins should both run under one number.
+        self.legacy.lock().unwrap_or_else(|e| e.into_inner()).extend(legacy.difference(&own));
+        Ok(own.union(&legacy).copied().collect())
     }
 
     /// Whether the master's own unit is being stopped for good (a stop job),
@@ -226,7 +298,7 @@ impl Workers {
 
     /// Memory, CPU and restarts of a worker, from systemd's accounting.
     pub async fn usage(&self, slot: u16) -> Option<Usage> {
-        let path = self.manager.get_unit(&worker_unit(&self.app, slot)).await.ok()?;
+        let path = self.manager.get_unit(&self.unit_of(slot)).await.ok()?;
         let service = ServiceProxy::builder(&self.conn).path(path).ok()?.build().await.ok()?;
         let valid = |v: u64| (v != u64::MAX).then_some(v);
         Some(Usage {
@@ -250,6 +322,26 @@ mod tests {
             unit_object_path("sio-worker@chat:12.service"),
             "/org/freedesktop/systemd1/unit/sio_2dworker_40chat_3a12_2eservice"
         );
+        assert_eq!(
+            unit_object_path(&worker_unit("chat", 12)),
+            "/org/freedesktop/systemd1/unit/sio_2dworker_2dchat_4012_2eservice"
+        );
         assert_eq!(unit_object_path("2x.service"), "/org/freedesktop/systemd1/unit/_32x_2eservice");
+    }
+
+    #[test]
+    fn every_app_gets_a_user_name_sysusers_accepts_and_long_names_stay_apart() {
+        assert_eq!(app_user("chat"), "sio-app-chat");
+        let longest_plain = "a".repeat(MAX_USER_NAME - "sio-app-".len());
+        assert_eq!(app_user(&longest_plain), format!("sio-app-{longest_plain}"));
+        let (one, two) = (format!("{longest_plain}-one"), format!("{longest_plain}-two"));
+        assert_ne!(app_user(&one), app_user(&two));
+        for app in [one.as_str(), two.as_str(), &"Z-_9".repeat(16)] {
+            let user = app_user(app);
+            assert!(user.len() <= MAX_USER_NAME, "{user}");
+            assert!(user.starts_with(&format!("sio-app-{}-", &app[..10])), "{user}");
+            assert!(user.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'), "{user}");
+            assert_eq!(app_user(app), user, "the same name every time");
+        }
     }
 }
