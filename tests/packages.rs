@@ -79,7 +79,8 @@ fn man(section: &str, page: &str) -> String {
 }
 
 /// Whatever happens, the machine is left without sio's package and the
-/// test's app (the users stay, as Debian keeps system users).
+/// test's app (user `sio` stays, as Debian keeps system users; the app's,
+/// one per test run, goes).
 struct Cleanup {
     app: String,
 }
@@ -91,6 +92,8 @@ impl Drop for Cleanup {
         let _ = std::fs::remove_dir("/etc/sio");
         let _ = std::fs::remove_dir_all(format!("/srv/{}", self.app));
         let _ = std::fs::remove_file(format!("/etc/systemd/system/sockets.target.wants/sio@{}.socket", self.app));
+        let user = sio::systemd::app_user(&self.app);
+        let _ = Command::new("sh").arg("-c").arg(format!("userdel {user}; groupdel {user}")).output();
     }
 }
 
@@ -137,21 +140,29 @@ fn the_packages_install_run_upgrade_without_a_disconnect_and_purge_clean() {
          _sioctl sioctl s sioctl; echo ${COMPREPLY[@]}",
     ]));
     assert_eq!(completion.split_whitespace().collect::<BTreeSet<_>>(), BTreeSet::from(["scale", "status"]));
-    // `FILE:NAME` verifies a template file as an instance (a copy named
-    // sio-worker@chat:1.service would read as such a pair); with the man
-    // pages checked, so `Documentation=` must resolve.
+    // `FILE:NAME` verifies a template file as an instance; with the man
+    // pages checked, so `Documentation=` must resolve. The worker's
+    // template is what the installed generator writes for an app.
+    let generated = std::env::temp_dir().join(format!("sio-generated-{app}"));
+    let _ = std::fs::remove_dir_all(&generated);
+    std::fs::create_dir_all(generated.join("etc")).unwrap();
+    std::fs::write(generated.join("etc/chat.json"), r#"{"command": ["node", "worker.js"]}"#).unwrap();
+    run(Command::new("/usr/lib/systemd/system-generators/sio-generator")
+        .arg(&generated)
+        .env("SIO_CONFIG_DIR", generated.join("etc")));
     let units = Path::new("/usr/lib/systemd/system");
     let mut systemd_analyze = Command::new("systemd-analyze");
     systemd_analyze.args(["verify", "--man=yes"]);
     for (unit, instance) in [
-        ("sio@.socket", "sio@chat.socket"),
-        ("sio-bus@.socket", "sio-bus@chat.socket"),
-        ("sio@.service", "sio@chat.service"),
-        ("sio-worker@.service", "sio-worker@chat:1.service"),
+        (units.join("sio@.socket"), "sio@chat.socket"),
+        (units.join("sio-bus@.socket"), "sio-bus@chat.socket"),
+        (units.join("sio@.service"), "sio@chat.service"),
+        (generated.join("sio-worker-chat@.service"), "sio-worker-chat@1.service"),
     ] {
-        systemd_analyze.arg(format!("{}:{instance}", units.join(unit).display()));
+        systemd_analyze.arg(format!("{}:{instance}", unit.display()));
     }
     let verified = systemd_analyze.output().unwrap();
+    let _ = std::fs::remove_dir_all(&generated);
     let complaints = String::from_utf8_lossy(&verified.stderr);
     assert!(verified.status.success() && !complaints.contains("sio"), "systemd-analyze verify: {complaints}");
 
@@ -218,7 +229,7 @@ fn the_packages_install_run_upgrade_without_a_disconnect_and_purge_clean() {
     let active = sb.systemctl(&["list-units", "--state=active", "--no-legend", "--plain", "sio*"]);
     assert_eq!(active.trim(), "", "still active after removal");
     // A drop-in the admin wrote, as the README says to, is theirs.
-    let admin = Path::new("/etc/systemd/system/sio-worker@.service.d/sio-test-admin.conf");
+    let admin = Path::new("/etc/systemd/system/sio-worker-.service.d/sio-test-admin.conf");
     let admin_made_dir = !admin.parent().unwrap().exists();
     std::fs::create_dir_all(admin.parent().unwrap()).unwrap();
     std::fs::write(admin, "[Service]\nReadWritePaths=/srv\n").unwrap();

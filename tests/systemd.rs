@@ -70,7 +70,7 @@ fn socket_activation_starts_the_master_and_its_workers() {
     }
     assert_eq!(
         sb.active_workers(&app),
-        vec![format!("sio-worker@{app}:1.service"), format!("sio-worker@{app}:2.service")]
+        vec![format!("sio-worker-{app}@1.service"), format!("sio-worker-{app}@2.service")]
     );
     let show = sb.systemctl(&["show", &format!("sio@{app}.service"), "-p", "ActiveState", "-p", "StatusText"]);
     assert!(show.contains("ActiveState=active"), "{show}");
@@ -81,7 +81,7 @@ fn socket_activation_starts_the_master_and_its_workers() {
     let logs = sb.sioctl(&["logs", &app, "-n", "500"], None);
     let logs = String::from_utf8_lossy(&logs.stdout);
     assert!(logs.contains(&format!("sio@{app}.service")) || logs.contains("master started"), "{logs}");
-    assert!(logs.contains(&format!("sio-worker@{app}:1")), "{logs}");
+    assert!(logs.contains(&format!("sio-worker-{app}@1")), "{logs}");
     // src/sched.rs under systemd: the master under SCHED_BATCH from its
     // unit (its system call filter refuses it the call), each agent by
     // itself, and Node under the default policy.
@@ -120,7 +120,7 @@ fn running(instances: u16) -> (Sandbox, String, u16) {
 }
 
 fn units(app: &str, slots: &[u16]) -> Vec<String> {
-    let mut u: Vec<String> = slots.iter().map(|s| format!("sio-worker@{app}:{s}.service")).collect();
+    let mut u: Vec<String> = slots.iter().map(|s| format!("sio-worker-{app}@{s}.service")).collect();
     u.sort();
     u
 }
@@ -233,6 +233,52 @@ fn rolling_reload_refuses_nothing_and_everyone_is_back() {
 }
 
 #[test]
+fn workers_of_the_release_before_one_user_per_app_are_adopted_and_a_reload_replaces_them() {
+    // Before each app had its user, its workers were sio-worker@APP:N.service
+    // of one template for every app. After an upgrade the new master finds
+    // them running: it adopts them (their sessions live on), and a reload
+    // moves them to the app's own units.
+    let (sb, app, port) = booted(2);
+    let legacy = format!(
+        "[Service]\nType=notify\nNotifyAccess=main\nExecStart={} worker %i\nUser={user}\nGroup={user}\n\
+         RuntimeDirectory=sio-worker\nRuntimeDirectoryPreserve=yes\nKillMode=mixed\nEnvironment=SIO_CONFIG_DIR={}\n",
+        env!("CARGO_BIN_EXE_sio"),
+        sb.config_dir.display(),
+        user = sio::systemd::app_user(&app),
+    );
+    std::fs::write(sb.dir.join("units/sio-worker@.service"), legacy).unwrap();
+    sb.systemctl(&["daemon-reload"]);
+    // The bus socket makes the app's user; the old workers come up with the master.
+    sb.systemctl(&["start", &format!("sio-bus@{app}.socket")]);
+    let old: Vec<String> = (1..=2).map(|n| format!("sio-worker@{app}:{n}.service")).collect();
+    sb.systemctl(&["start", "--no-block", &old[0], &old[1]]);
+    sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    let adopted = sb.wait_status(&app, "the old workers adopted", Duration::from_secs(30), ready(2));
+    let main_pid =
+        |unit: &str| sb.systemctl(&["show", unit, "-p", "MainPID", "--value"]).trim().parse::<u64>().unwrap();
+    let mut pids: Vec<u64> = old.iter().map(|u| main_pid(u)).collect();
+    let mut agents: Vec<u64> = agent_pids(&adopted).iter().map(|p| p.as_u64().unwrap()).collect();
+    pids.sort_unstable();
+    agents.sort_unstable();
+    assert_eq!(agents, pids, "the old units' agents serve: {adopted}");
+    assert!(sb.active_workers(&app).is_empty(), "no worker of the new kind was started");
+    let r = node("race.js", &[&port.to_string(), "10"]);
+    assert_eq!(r["counts"], json!({"ok": 10}), "{r}");
+    let log = sb.journal(&["-u", &format!("sio@{app}.service"), "-o", "cat"]);
+    assert!(log.contains("the user every app shared before this release"), "{log}");
+    let holder = Holder::start(port, 20, "websocket");
+    sb.systemctl(&["reload", &format!("sio@{app}.service")]);
+    let r = holder.report();
+    assert!(all_connected(&r), "every client connected again: {r}");
+    sb.wait_status(&app, "2 ready", Duration::from_secs(20), ready(2));
+    assert_eq!(sb.active_workers(&app).len(), 2, "the app's own units now");
+    for unit in &old {
+        let state = sb.exec(&["systemctl", "is-active", unit]);
+        assert_eq!(String::from_utf8_lossy(&state.stdout).trim(), "inactive", "{unit} was stopped");
+    }
+}
+
+#[test]
 fn an_unprivileged_users_scale_is_denied_by_the_master() {
     let (sb, app, _) = running(2);
     let out = sb.sioctl(&["scale", &app, "3"], Some(65534));
@@ -314,7 +360,10 @@ fn agents_of_the_previous_protocol_release_work_with_this_master() {
     // restart drops nothing holds only if a new master speaks to them.
     let previous = previous_agent();
     let (sb, app, port) = booted(2);
-    sb.drop_in("sio-worker@.service", &format!("[Service]\nExecStart=\nExecStart={} worker %i\n", previous.display()));
+    sb.drop_in(
+        &format!("sio-worker-{app}@.service"),
+        &format!("[Service]\nExecStart=\nExecStart={} worker {app}:%i\n", previous.display()),
+    );
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
     let r = node("cluster.js", &[&port.to_string()]);
@@ -396,13 +445,13 @@ fn a_restart_replaying_40k_sessions_with_4k_requests_waiting_stays_inside_the_wa
 fn a_worker_unit_that_fails_for_good_is_reported_and_its_sessions_go_to_the_others() {
     let (sb, app, port) = booted(2);
     let limit = "[Unit]\nStartLimitIntervalSec=60\nStartLimitBurst=3\n";
-    sb.drop_in(&format!("sio-worker@{app}:2.service"), limit);
+    sb.drop_in(&format!("sio-worker-{app}@2.service"), limit);
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     let status = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
     let sid = node("poll.js", &["handshake", &port.to_string(), "2"])["sid"].as_str().unwrap().to_owned();
     // Worker 2 breaks for good: its program can no longer start, then it dies.
     sb.drop_in(
-        &format!("sio-worker@{app}:2.service"),
+        &format!("sio-worker-{app}@2.service"),
         &format!("{limit}[Service]\nExecStart=\nExecStart=/bin/false\n"),
     );
     let agent2 = status["workers"][1]["pid"].as_u64().unwrap().to_string();
@@ -418,7 +467,7 @@ fn a_worker_unit_that_fails_for_good_is_reported_and_its_sessions_go_to_the_othe
     assert_eq!((r["status"].as_u64(), r["worker"].as_str()), (Some(400), Some("w1")), "{r}");
     assert!(r["ms"].as_u64().unwrap() < 2000, "{r}");
     // A scale brings a worker back in that slot.
-    sb.drop_in(&format!("sio-worker@{app}:2.service"), limit);
+    sb.drop_in(&format!("sio-worker-{app}@2.service"), limit);
     sioctl_ok(&sb, &["scale", &app, "2"]);
     sb.wait_status(&app, "2 ready again", Duration::from_secs(30), |s| ready(2)(s) && s["failed"] == json!([]));
 }
@@ -472,9 +521,10 @@ fn the_app_runs_as_its_own_user_and_can_touch_neither_its_master_nor_any_unit() 
     let master = sb.status(&app).unwrap()["pid"].as_u64().unwrap().to_string();
     let r = node("privileges.js", &[&port.to_string(), &master, &app]);
     println!("what the app may do: {r}");
-    let uid_of = |name| nix::unistd::User::from_name(name).unwrap().unwrap().uid.as_raw();
-    assert_eq!(r["uid"], uid_of("sio-app"), "the app's own user: {r}");
-    assert_ne!(uid_of("sio-app"), uid_of("sio"), "not the master's");
+    let uid_of = |name: &str| nix::unistd::User::from_name(name).unwrap().unwrap().uid.as_raw();
+    let user = sio::systemd::app_user(&app);
+    assert_eq!(r["uid"], uid_of(&user), "the app's own user: {r}");
+    assert_ne!(uid_of(&user), uid_of("sio"), "not the master's");
     assert_eq!(r["readShadow"], "EACCES", "{r}");
     assert_eq!(r["writeEtc"], "EROFS", "{r}");
     assert_eq!(r["writeCwd"], "EROFS", "nothing is writable but what a drop-in grants: {r}");
@@ -498,7 +548,7 @@ fn the_app_runs_as_its_own_user_and_can_touch_neither_its_master_nor_any_unit() 
         .chain([method.to_owned(), "ss".into(), unit.to_owned(), "replace".into()])
         .collect::<Vec<String>>()
     };
-    let third = format!("sio-worker@{app}:3.service");
+    let third = format!("sio-worker-{app}@3.service");
     let as_sio = busctl("StartUnit", &third);
     let out = sb.command(Some("sio"), &as_sio.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
     assert!(!out.status.success(), "user sio outside the master started a worker");
@@ -507,6 +557,77 @@ fn the_app_runs_as_its_own_user_and_can_touch_neither_its_master_nor_any_unit() 
     assert!(!sb.exec(&in_unit).status.success(), "user sio in another unit started a worker");
     assert_eq!(sb.active_workers(&app), units(&app, &[1, 2]), "nothing was started or stopped");
     assert!(sb.systemctl(&["is-active", "dbus.service"]).starts_with("active"));
+}
+
+#[test]
+fn two_apps_on_one_host_can_neither_read_signal_reach_nor_load_code_into_each_other() {
+    // As on a host of PM2's users: several apps, each with its npm tree,
+    // any of which may be compromised. Each app's workers run as its own
+    // user: one app's code gets nothing of the other's.
+    ensure_node_modules();
+    let (a, b) = (app_name(), app_name());
+    let (port_a, port_b) = (free_port(), free_port());
+    let sb = Sandbox::boot(&a, &[(&a, config(port_a, 2)), (&b, config(port_b, 2))]);
+    let config_of = |app: &str| sb.config_dir.join(format!("{app}.json"));
+    // As the README says to write them: root's, not readable by others.
+    for app in [&a, &b] {
+        std::fs::set_permissions(config_of(app), std::os::unix::fs::PermissionsExt::from_mode(0o640)).unwrap();
+    }
+    for app in [&a, &b] {
+        sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
+    }
+    let before_a = sb.wait_status(&a, "a's workers ready", Duration::from_secs(30), ready(2));
+    let before_b = sb.wait_status(&b, "b's workers ready", Duration::from_secs(30), ready(2));
+    // The bus socket made each app's user and gave it the app's config.
+    for app in [&a, &b] {
+        let meta = std::fs::metadata(config_of(app)).unwrap();
+        let group = nix::unistd::Group::from_gid(std::os::unix::fs::MetadataExt::gid(&meta).into()).unwrap().unwrap();
+        assert_eq!(group.name, sio::systemd::app_user(app), "{app}'s config is its group's");
+        assert_eq!(std::os::unix::fs::MetadataExt::mode(&meta) & 0o777, 0o640);
+    }
+    let r = node(
+        "neighbours.js",
+        &[
+            &port_a.to_string(),
+            config_of(&a).to_str().unwrap(),
+            &port_b.to_string(),
+            config_of(&b).to_str().unwrap(),
+            &format!("/run/sio/{b}.bus"),
+        ],
+    );
+    println!("what app a may do to app b: {r}");
+    let uid_of = |app: &str| nix::unistd::User::from_name(&sio::systemd::app_user(app)).unwrap().unwrap().uid.as_raw();
+    assert_eq!((&r["a"]["uid"], &r["b"]["uid"]), (&json!(uid_of(&a)), &json!(uid_of(&b))), "each app its own user");
+    assert_ne!(uid_of(&a), uid_of(&b));
+    assert_eq!(r["a"]["readOwnConfig"], "allowed", "an app reads its own config: {r}");
+    assert_eq!(r["a"]["readConfig"], "EACCES", "not another's (its secrets in `env`): {r}");
+    let environ = r["a"]["readEnviron"].as_str().unwrap();
+    assert!(["ENOENT", "EACCES"].contains(&environ), "nor another's workers' environment: {r}");
+    assert_eq!(r["a"]["signal"], "EPERM", "nor signal them: {r}");
+    assert_eq!(r["a"]["reachBus"], "EACCES", "nor reach its bus: {r}");
+    assert!(r["b"]["preload"].as_str().unwrap().contains(&format!("/sio-worker-{b}/")), "{r}");
+    for write in ["writePreload", "writeBesidePreload"] {
+        let outcome = r["a"][write].as_str().unwrap();
+        assert!(["EACCES", "EROFS"].contains(&outcome), "nor change what its Node loads ({write}): {r}");
+    }
+    // Both serve, through a master restart of one and a reload of the other.
+    let holder = Holder::start(port_a, 20, "polling,websocket");
+    sb.systemctl(&["restart", &format!("sio@{a}.service")]);
+    let after_a =
+        sb.wait_status(&a, "a adopted", Duration::from_secs(20), |s| s["pid"] != before_a["pid"] && ready(2)(s));
+    assert_eq!(agent_pids(&before_a), agent_pids(&after_a), "a's workers were adopted");
+    let r = holder.report();
+    assert_eq!(total_disconnects(&r), 0, "{r}");
+    assert_eq!(r["probes"]["failed"], 0, "{r}");
+    sb.systemctl(&["reload", &format!("sio@{b}.service")]);
+    let after_b = sb.wait_status(&b, "b reloaded", Duration::from_secs(60), |s| {
+        ready(2)(s) && agent_pids(s).iter().all(|p| !agent_pids(&before_b).contains(p))
+    });
+    assert_eq!(sb.active_workers(&b).len(), 2, "{after_b}");
+    for port in [port_a, port_b] {
+        let r = node("race.js", &[&port.to_string(), "10"]);
+        assert_eq!(r["counts"], json!({"ok": 10}), "both apps serve: {r}");
+    }
 }
 
 #[test]
@@ -538,24 +659,25 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
     assert_eq!(probe("nobody", &bus, &["close", "5"])["connected"], 0);
     let r = probe("nobody", &control, &["connect", "40", "2000"]);
     assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
-    // The apps' own uid (any app's Node) may connect to the bus, but holds
-    // no more there than anyone on the control socket.
-    let r = probe("sio-app", &bus, &["connect", "40", "2000"]);
+    // The app's own user (its Node) may connect to the bus, but holds no
+    // more there than anyone on the control socket.
+    let user = sio::systemd::app_user(&app);
+    let r = probe(&user, &bus, &["connect", "40", "2000"]);
     assert_eq!((r["connected"].as_u64(), r["kept"].as_u64()), (Some(40), Some(32)), "{r}");
     // Nor does it ask as an operator there.
-    let r = probe("sio-app", &bus, &["operator"]);
+    let r = probe(&user, &bus, &["operator"]);
     assert_eq!(r["reply"], "refused: operators connect to the control socket, not to the bus", "{r}");
-    assert_eq!(probe("sio-app", &control, &["operator"])["reply"], "welcome");
+    assert_eq!(probe(&user, &control, &["operator"])["reply"], "welcome");
     // The agents' own uid, outside a worker unit: refused, by the kernel's pid.
     let out = sb
-        .command(Some("sio-app"), &[env!("CARGO_BIN_EXE_sio"), "worker", &format!("{app}:1"), "--config-dir"])
+        .command(Some(&user), &[env!("CARGO_BIN_EXE_sio"), "worker", &format!("{app}:1"), "--config-dir"])
         .arg(&sb.config_dir)
         .output()
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(
-        err.contains("permission denied: pid ") && err.contains(&format!("not in sio-worker@{app}:1.service")),
+        err.contains("permission denied: pid ") && err.contains(&format!("not in sio-worker-{app}@1.service")),
         "{err}"
     );
     let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
@@ -576,21 +698,22 @@ fn strangers_cannot_join_the_bus_squat_it_or_pose_as_an_agent() {
 #[test]
 fn a_process_in_a_lookalike_worker_cgroup_is_refused_as_an_agent_on_every_door_and_logged_by_its_pid() {
     // What a user's own manager makes of `systemctl --user start
-    // sio-worker@APP:4095.service` (or any delegated subtree): a cgroup
+    // sio-worker-APP@4095.service` (or any delegated subtree): a cgroup
     // path whose last component is a worker unit's name, outside the
     // system manager's worker units. Its process runs as the app's user,
     // as another app's Node would, so the bus's file mode lets it in.
     let (sb, app, _port) = running(2);
     let slot = 4095;
-    let fake = format!("user.slice/user-65534.slice/user@65534.service/app.slice/sio-worker@{app}:{slot}.service");
+    let fake = format!("user.slice/user-65534.slice/user@65534.service/app.slice/sio-worker-{app}@{slot}.service");
+    let user = sio::systemd::app_user(&app);
     let probe = repo().join("tests/bus_probe.py");
     // Into that cgroup in every hierarchy the sandbox mounts (the unified
     // one, or on a legacy host each v1 hierarchy, `name=systemd` too).
     let script = format!(
         "for h in $(awk '$2 ~ \"^/sys/fs/cgroup\" && ($3 == \"cgroup\" || $3 == \"cgroup2\") {{print $2}}' /proc/self/mounts); do \
            mount -o remount,rw $h 2>/dev/null; mkdir -p \"$h/{fake}\" 2>/dev/null && echo $$ > \"$h/{fake}/cgroup.procs\" 2>/dev/null; done; \
-         grep -q 'sio-worker@{app}:{slot}.service' /proc/self/cgroup || {{ cat /proc/self/cgroup; exit 1; }}; \
-         echo pid $$ && exec setpriv --reuid=sio-app --regid=sio-app --init-groups /usr/bin/python3 {} \"$0\" agent {slot} {app}",
+         grep -q 'sio-worker-{app}@{slot}.service' /proc/self/cgroup || {{ cat /proc/self/cgroup; exit 1; }}; \
+         echo pid $$ && exec setpriv --reuid={user} --regid={user} --init-groups /usr/bin/python3 {} \"$0\" agent {slot} {app}",
         probe.display()
     );
     let pose = |door: &str| {
@@ -609,7 +732,7 @@ fn a_process_in_a_lookalike_worker_cgroup_is_refused_as_an_agent_on_every_door_a
     assert!(reply.starts_with("refused: permission denied: pid "), "the bus: {on_bus}");
     assert!(
         reply.contains(&format!("pid {pid} runs in "))
-            && reply.contains(&format!("not in sio-worker@{app}:{slot}.service")),
+            && reply.contains(&format!("not in sio-worker-{app}@{slot}.service")),
         "{on_bus}"
     );
     let (_, on_control) = pose(&format!("/run/sio/{app}.control"));
@@ -634,8 +757,8 @@ fn an_agent_that_never_confirms_a_handoff_is_dropped_and_its_connections_served_
     let (sb, app, port) = booted_with(2, json!({"timeouts": {"drain_ms": 300, "handoff_ms": 1000}}));
     let silent = repo().join("tests/silent_agent.py");
     sb.drop_in(
-        &format!("sio-worker@{app}:2.service"),
-        &format!("[Service]\nExecStart=\nExecStart=/usr/bin/python3 {} %i\nRestartSec=60s\n", silent.display()),
+        &format!("sio-worker-{app}@2.service"),
+        &format!("[Service]\nExecStart=\nExecStart=/usr/bin/python3 {} {app}:%i\nRestartSec=60s\n", silent.display()),
     );
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     sb.wait_status(&app, "both workers ready", Duration::from_secs(30), ready(2));
@@ -643,7 +766,7 @@ fn an_agent_that_never_confirms_a_handoff_is_dropped_and_its_connections_served_
     assert_eq!(r["counts"], json!({"ok": 20}), "every session served: {r}");
     let log = sb.journal(&[&format!("SIO_APP={app}"), "-o", "cat"]);
     assert!(log.contains("agent confirmed no connection handed to it for 2s: dropped"), "{log}");
-    let held = sb.journal(&["-u", &format!("sio-worker@{app}:2.service"), "-o", "cat"]);
+    let held = sb.journal(&["-u", &format!("sio-worker-{app}@2.service"), "-o", "cat"]);
     assert!(held.contains("holding "), "the silent agent took connections: {held}");
 }
 
@@ -651,10 +774,15 @@ fn an_agent_that_never_confirms_a_handoff_is_dropped_and_its_connections_served_
 fn each_units_exposure_stays_within_its_threshold() {
     // systemd-analyze's threshold is the exposure times ten.
     let dir = scratch_dir(&format!("{}-security", app_name()));
-    for (template, instance, limit) in
-        [("sio@.service", "sio@chat.service", 15), ("sio-worker@.service", "sio-worker@chat:1.service", 25)]
-    {
-        std::fs::copy(repo().join("systemd").join(template), dir.join(instance)).unwrap();
+    let master = std::fs::read_to_string(repo().join("systemd/sio@.service")).unwrap();
+    // The worker's unit as the generator writes it for an app.
+    let config = std::path::Path::new("/etc/sio/chat.json");
+    let worker = sio::systemd::generator::worker_template(config, "chat", std::path::Path::new("/usr/bin/sio"));
+    for (template, text, instance, limit) in [
+        ("sio@.service", master, "sio@chat.service", 15),
+        ("sio-worker-chat@.service", worker, "sio-worker-chat@1.service", 25),
+    ] {
+        std::fs::write(dir.join(instance), text).unwrap();
         let out = std::process::Command::new("systemd-analyze")
             .args(["security", "--offline=yes", &format!("--threshold={limit}")])
             .arg(dir.join(instance))
@@ -816,7 +944,7 @@ fn a_worker_above_memory_max_is_stopped_by_the_kernel_and_restarted_by_systemd()
     let (sb, app, port) = booted_with(2, json!({ "limits": limits }));
     sb.systemctl(&["start", &format!("sio@{app}.socket"), &format!("sio@{app}.service")]);
     let before = sb.wait_status(&app, "workers ready", Duration::from_secs(30), ready(2));
-    let unit = |slot: u16| format!("sio-worker@{app}:{slot}.service");
+    let unit = |slot: u16| format!("sio-worker-{app}@{slot}.service");
     let show = sb.systemctl(&["show", &unit(1), "-p", "MemoryMax", "-p", "MemoryHigh", "-p", "CPUWeight"]);
     let mut show: Vec<&str> = show.lines().collect();
     show.sort_unstable();

@@ -42,16 +42,18 @@ const HOST_UNITS: &[&str] = &[
     "polkit.service",
 ];
 
-/// The users the units run as, from the repo's sysusers.d entry (on the
-/// host: the sandbox shares its /etc/passwd). Also checks that those users
-/// can reach the build and the test fixtures.
+/// The masters' user, from the repo's sysusers.d entry (on the host: the
+/// sandbox shares its /etc/passwd; each app's user is made by its bus
+/// socket, `sio provision`). Also checks that other users can reach the
+/// build and the test fixtures.
 fn ensure_users() {
     let sysusers = super::repo().join("systemd/sio.sysusers");
     let out = Command::new("systemd-sysusers").arg(&sysusers).output().unwrap();
     assert!(out.status.success(), "systemd-sysusers: {}", String::from_utf8_lossy(&out.stderr));
-    for (user, path) in [("sio", env!("CARGO_BIN_EXE_sio")), ("sio-app", env!("CARGO_BIN_EXE_sio"))] {
+    for (user, group) in [("sio", "sio"), ("nobody", "nogroup")] {
+        let path = env!("CARGO_BIN_EXE_sio");
         let ok = Command::new("setpriv")
-            .args([&format!("--reuid={user}"), &format!("--regid={user}"), "--init-groups", "test", "-x", path])
+            .args([&format!("--reuid={user}"), &format!("--regid={group}"), "--clear-groups", "test", "-x", path])
             .status()
             .unwrap()
             .success();
@@ -59,12 +61,12 @@ fn ensure_users() {
     }
     let worker = super::node_dir().join("worker.js");
     let ok = Command::new("setpriv")
-        .args(["--reuid=sio-app", "--regid=sio-app", "--init-groups", "test", "-r"])
+        .args(["--reuid=nobody", "--regid=nogroup", "--clear-groups", "test", "-r"])
         .arg(&worker)
         .status()
         .unwrap()
         .success();
-    assert!(ok, "user sio-app cannot read {}: the checkout must be readable by other users", worker.display());
+    assert!(ok, "user nobody cannot read {}: the checkout must be readable by other users", worker.display());
 }
 
 pub struct Sandbox {
@@ -128,7 +130,8 @@ impl Sandbox {
         for u in HOST_UNITS {
             fs::copy(Path::new("/lib/systemd/system").join(u), units.join(u)).unwrap();
         }
-        const SIO_UNITS: [&str; 4] = ["sio@.socket", "sio-bus@.socket", "sio@.service", "sio-worker@.service"];
+        // The workers' units are the generator's, one template per app.
+        const SIO_UNITS: [&str; 3] = ["sio@.socket", "sio-bus@.socket", "sio@.service"];
         match source {
             Units::Installed => {
                 for unit in SIO_UNITS {
@@ -172,13 +175,17 @@ impl Sandbox {
                     state_dir.display(),
                     state_dir.display()
                 );
-                for unit in ["sio@.service", "sio-worker@.service"] {
+                // `sio-worker-.service.d`: every app's worker template.
+                let provision = format!("[Socket]\nEnvironment=SIO_CONFIG_DIR={}\n", config_dir.display());
+                for (unit, env) in
+                    [("sio@.service", &env), ("sio-worker-.service", &env), ("sio-bus@.socket", &provision)]
+                {
                     let d = units.join(format!("{unit}.d"));
                     fs::create_dir_all(&d).unwrap();
-                    fs::write(d.join("50-test.conf"), &env).unwrap();
+                    fs::write(d.join("50-test.conf"), env).unwrap();
                 }
                 let generator = format!(
-                    "#!/bin/sh\nSIO_CONFIG_DIR={} exec {} \"$@\"\n",
+                    "#!/bin/sh\nSIO_CONFIG_DIR={} SIO_BIN={sio} exec {} \"$@\"\n",
                     config_dir.display(),
                     env!("CARGO_BIN_EXE_sio-generator")
                 );
@@ -356,10 +363,10 @@ exec unshare --pid --fork --mount --propagation private --mount-proc --cgroup {d
         }
     }
 
-    /// Names of the loaded `sio-worker@APP:*` units that are active.
+    /// Names of the loaded `sio-worker-APP@*` units that are active.
     pub fn active_workers(&self, app: &str) -> Vec<String> {
         let out =
-            self.systemctl(&["list-units", "--state=active", "--no-legend", "--plain", &format!("sio-worker@{app}:*")]);
+            self.systemctl(&["list-units", "--state=active", "--no-legend", "--plain", &format!("sio-worker-{app}@*")]);
         let mut units: Vec<String> =
             out.lines().filter_map(|l| l.split_whitespace().next().map(str::to_owned)).collect();
         units.sort();
@@ -373,6 +380,19 @@ impl Drop for Sandbox {
         std::thread::sleep(Duration::from_millis(300));
         for cg in fs::read_to_string(self.dir.join("cgroups")).unwrap_or_default().lines() {
             let _ = sh(&format!("[ -d '{cg}' ] && find '{cg}' -depth -type d -exec rmdir {{}} \\; 2>/dev/null"));
+        }
+        // The users `sio provision` made for the test's apps (system uids
+        // are few: a machine that runs the tests often would run out).
+        if self.config_dir != Path::new("/etc/sio") {
+            for entry in fs::read_dir(&self.config_dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if let Some(app) =
+                    path.file_stem().and_then(|s| s.to_str()).filter(|_| path.extension().is_some_and(|x| x == "json"))
+                {
+                    let user = sio::systemd::app_user(app);
+                    let _ = sh(&format!("userdel {user} 2>/dev/null; groupdel {user} 2>/dev/null"));
+                }
+            }
         }
         if !std::thread::panicking() {
             let _ = fs::remove_dir_all(&self.dir);

@@ -120,6 +120,42 @@ io.on("connection", (socket) => {
       startWorker: attempt(systemd("StartUnit", `sio-worker@${app}:3.service`)),
     });
   });
+  // Where this worker's Node is, as another app's code would look for it.
+  socket.on("whereabouts", (ack) =>
+    ack({ pid: process.pid, uid: process.getuid(), preload: Object.keys(require.cache).find((m) => /preload-[0-9a-f]+\.cjs$/.test(m)) }),
+  );
+  // What this app may do to another app's workers (see neighbours.js):
+  // each attempt's outcome, an errno code or "allowed".
+  socket.on("neighbour", async ({ ownConfig, config, pid, bus, preload }, ack) => {
+    const fs = require("fs");
+    const path = require("path");
+    const attempt = (f) => {
+      try {
+        f();
+        return "allowed";
+      } catch (e) {
+        return e.code || String(e.message);
+      }
+    };
+    const reachBus = await new Promise((resolve) => {
+      const c = require("net").connect(bus);
+      c.on("connect", () => {
+        c.destroy();
+        resolve("allowed");
+      });
+      c.on("error", (e) => resolve(e.code || String(e.message)));
+    });
+    ack({
+      uid: process.getuid(),
+      readOwnConfig: attempt(() => fs.readFileSync(ownConfig)),
+      readConfig: attempt(() => fs.readFileSync(config)),
+      readEnviron: attempt(() => fs.readFileSync(`/proc/${pid}/environ`)),
+      signal: attempt(() => process.kill(pid, 0)),
+      reachBus,
+      writePreload: attempt(() => fs.appendFileSync(preload, "")),
+      writeBesidePreload: attempt(() => fs.writeFileSync(path.join(path.dirname(preload), "preload-0000000000000000.cjs"), "")),
+    });
+  });
   // The app's memory grows: MB megabytes of live, touched buffers.
   socket.on("hog", (mb) => {
     for (let i = 0; i < mb; i++) hogged.push(Buffer.alloc(1 << 20, 1));
