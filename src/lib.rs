@@ -11,6 +11,10 @@
 //! * [`nodeipc::v8`]: Node's `advanced` (V8) serialization codec.
 //! * [`wire`]: the versioned bus protocol (master <-> agents, `sioctl`).
 //! * [`config`]: `/etc/sio/APP.json`, strictly validated.
+//! * [`bridge`]: what crosses to and from Redis (`bridge::check` validates
+//!   it); [`bridge::redis`] is its client.
+//! * [`top`]: `sioctl top`'s figures from two status samples.
+//! * [`metrics`]: the Prometheus page of a master's status.
 //!
 //! I/O:
 //! * [`listen`]: listening sockets from socket activation or the config.
@@ -19,13 +23,20 @@
 //! * [`nodeipc`] and [`nodeipc::channel`]: Node's IPC protocol, parent side.
 //! * [`agent`]: `sio worker APP:N`, the parent of one Node worker.
 //! * [`up`]: `sio up`, master and agents in the foreground.
-//! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator.
+//! * [`systemd`]: worker units over D-Bus, `sd_notify`, the generator,
+//!   `sio provision` (each app's user).
 //! * [`control`]: `sioctl` requests and answers.
 //! * [`cli`], [`docs`]: the command lines, and the man pages and completions made from them.
 //! * [`endpoints`]: where the bus and control sockets live, and whom to trust on them.
 //! * [`shutdown`]: the shutdown signal shared by long-running tasks.
 //! * [`heap`]: heap bytes in use, counted by the allocator.
 //! * [`sched`]: the router's processes under `SCHED_BATCH`, Node under the normal policy.
+//! * [`procfs`]: memory and CPU from `/proc`.
+//! * [`logging`]: journald fields under systemd, text on a terminal.
+//! * [`import`]: `sioctl import`, a PM2 ecosystem file as `APP.json`.
+//!
+//! The design is in `docs/architecture.md`, the threat model in
+//! `docs/security.md`, how to work on this tree in `CONTRIBUTING.md`.
 
 pub mod agent;
 pub mod balance;
