@@ -171,8 +171,16 @@ fn the_packages_install_run_upgrade_without_a_disconnect_and_purge_clean() {
     let srv = PathBuf::from("/srv").join(&app);
     run(Command::new("cp").arg("-a").arg(node_dir()).arg(&srv));
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // On the Node the tests run on: the pinned one (tests/run puts it first
+    // in PATH), copied to /srv with the app since the units hide /tmp and
+    // /home, or else the system's.
+    let node = std::env::var_os("PATH")
+        .and_then(|path| std::env::split_paths(&path).map(|d| d.join("node")).find(|n| n.is_file()))
+        .and_then(|n| n.canonicalize().ok())
+        .and_then(|n| Some(srv.join(n.strip_prefix(node_dir().canonicalize().ok()?).ok()?)))
+        .map_or_else(|| "node".to_owned(), |n| n.display().to_string());
     let cfg =
-        json!({"command": ["node", "worker.js"], "cwd": srv, "instances": 2, "listen": format!("127.0.0.1:{port}")});
+        json!({"command": [node, "worker.js"], "cwd": srv, "instances": 2, "listen": format!("127.0.0.1:{port}")});
     std::fs::write(format!("/etc/sio/{app}.json"), serde_json::to_vec_pretty(&cfg).unwrap()).unwrap();
     let sb = Sandbox::boot_installed(&app);
     sb.systemctl(&["enable", "--now", &format!("sio@{app}.socket")]);

@@ -95,6 +95,11 @@ fn socket_activation_starts_the_master_and_its_workers() {
         let children = String::from_utf8_lossy(&sb.exec(&["pgrep", "-P", &agent]).stdout).into_owned();
         let node = children.lines().next().unwrap_or_else(|| panic!("agent {agent} has no Node worker"));
         assert!(policy(node).contains("SCHED_OTHER"), "Node {node}: {}", policy(node));
+        // The Node the tests run on (tests/run pins it in PATH), not another.
+        let exe = String::from_utf8_lossy(&sb.exec(&["readlink", "-f", &format!("/proc/{node}/exe")]).stdout)
+            .trim()
+            .to_owned();
+        assert_eq!(std::path::PathBuf::from(exe), which_node(), "Node {node}");
     }
 }
 
@@ -109,6 +114,13 @@ fn a_burst_at_socket_activation_spreads_over_every_configured_worker() {
         let n = r["counts"][slot].as_u64().unwrap_or(0);
         assert!(n >= 7, "{slot} got {n} of the 20: {r}");
     }
+}
+
+/// The `node` the tests' PATH names, resolved.
+fn which_node() -> std::path::PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let node = std::env::split_paths(&path).map(|d| d.join("node")).find(|n| n.is_file()).expect("node in PATH");
+    node.canonicalize().unwrap()
 }
 
 /// A sandbox with APP's socket started and its workers ready.

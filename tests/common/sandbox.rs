@@ -167,13 +167,15 @@ impl Sandbox {
                 // The checkout (binaries, fixtures) may live under /tmp or a
                 // home folder, which the units hide (PrivateTmp=,
                 // ProtectHome=): lift that for tests. What the tests check
-                // does not depend on it.
+                // does not depend on it. The apps' `node` is the tests' own
+                // (tests/run puts the pinned release first in PATH).
                 let env = format!(
                     "[Service]\nEnvironment=SIO_CONFIG_DIR={} SIO_STATE_DIR={} SIO_LOG=info,sio=debug\nReadWritePaths={}\n\
-                     PrivateTmp=no\nProtectHome=no\n",
+                     PrivateTmp=no\nProtectHome=no\nEnvironment=\"PATH={}\"\n",
                     config_dir.display(),
                     state_dir.display(),
-                    state_dir.display()
+                    state_dir.display(),
+                    std::env::var("PATH").unwrap_or_default()
                 );
                 // `sio-worker-.service.d`: every app's worker template.
                 let provision = format!("[Socket]\nEnvironment=SIO_CONFIG_DIR={}\n", config_dir.display());
