@@ -834,9 +834,12 @@ fn main() -> Result<(), String> {
     let args = Args::parse();
     raise_fd_limit();
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    // Relative to where the benchmark was started: the targets run in
+    // folders of their own.
+    let absolute = |p: &PathBuf| std::path::absolute(p).map_err(|e| format!("{}: {e}", p.display()));
     let paths = Paths {
-        sio: args.sio.clone().unwrap_or_else(|| manifest.join("target/release/sio")),
-        baseline: args.baseline.clone(),
+        sio: args.sio.as_ref().map(absolute).transpose()?.unwrap_or_else(|| manifest.join("target/release/sio")),
+        baseline: args.baseline.as_ref().map(absolute).transpose()?,
         node_dir: target::node_dir(&manifest),
     };
     let machine = machine();

@@ -122,7 +122,12 @@ impl Target {
                 }
                 match across {
                     Across::Nothing => {}
-                    Across::Bridge(url) => json["redis"] = serde_json::json!({ "url": url }),
+                    // The hosts are two apps (bench-PORT): their Redis names
+                    // must be shared, not each app's default.
+                    Across::Bridge(url) => {
+                        json["redis"] =
+                            serde_json::json!({ "url": url, "channel_prefix": "socket.io", "stream_name": "socket.io" })
+                    }
                     Across::AppAdapter(url) => json["env"] = serde_json::json!({ "REDIS_URL": url }),
                 }
                 std::fs::write(&config, json.to_string()).map_err(|e| e.to_string())?;
