@@ -34,7 +34,12 @@ const LIST_ATTEMPTS: u32 = 5;
 /// name, and drop-ins follow only a unit's prefix: one template for every
 /// app could not give each its user.)
 pub fn worker_unit(app: &str, slot: u16) -> String {
-    format!("sio-worker-{app}@{slot}.service")
+    format!("{}{slot}.service", worker_prefix(app))
+}
+
+/// What the names of `app`'s worker units start with, up to the number.
+fn worker_prefix(app: &str) -> String {
+    format!("sio-worker-{app}@")
 }
 
 /// The unit of worker `slot` under releases before one user per app,
@@ -42,7 +47,11 @@ pub fn worker_unit(app: &str, slot: u16) -> String {
 /// workers after an upgrade (their sessions live on) and a reload
 /// replaces them.
 pub fn legacy_worker_unit(app: &str, slot: u16) -> String {
-    format!("sio-worker@{app}:{slot}.service")
+    format!("{}{slot}.service", legacy_worker_prefix(app))
+}
+
+fn legacy_worker_prefix(app: &str) -> String {
+    format!("sio-worker@{app}:")
 }
 
 /// Longest user name systemd-sysusers accepts (utmp's 32 bytes, less the
@@ -65,7 +74,7 @@ pub fn app_user(app: &str) -> String {
 
 /// journalctl's arguments for the app's master and all its workers.
 pub fn journal_units(app: &str) -> [String; 4] {
-    ["-u".into(), master_unit(app), "-u".into(), format!("sio-worker-{app}@*.service")]
+    ["-u".into(), master_unit(app), "-u".into(), format!("{}*.service", worker_prefix(app))]
 }
 
 /// The master's unit.
@@ -267,7 +276,7 @@ impl Workers {
     /// Slots of this app's worker units in one of `states`, sorted; the
     /// legacy units among them are remembered as such.
     async fn slots_in(&self, states: &[&str]) -> zbus::Result<Vec<u16>> {
-        let (own, legacy) = (format!("sio-worker-{}@", self.app), format!("sio-worker@{}:", self.app));
+        let (own, legacy) = (worker_prefix(&self.app), legacy_worker_prefix(&self.app));
         let patterns = [format!("{own}*.service"), format!("{legacy}*.service")];
         let rows = self.manager.list_units_by_patterns(states, &[patterns[0].as_str(), patterns[1].as_str()]).await?;
         let slots_of = |prefix: &str| -> BTreeSet<u16> {
